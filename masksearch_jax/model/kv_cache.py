@@ -1,0 +1,28 @@
+"""The decode KV cache: a plain dict pytree with a per-sequence fill level.
+
+Layout (stacked over layers, so the layer scan can index it):
+  k, v: [layers, batch, max_len, kv_heads, head_dim]   (post-RoPE keys)
+  end:  [batch] int32 — slots [0, end) hold real tokens of that sequence.
+A forward over new tokens [B, T] writes them at slots end[b] .. end[b]+T-1 and advances end[b] by
+the number of non-padding tokens (segment id != 0). Padding must therefore sit at the *tail* of a
+chunk: its slots are overwritten by the next write. Per-sequence `end` is what lets the sampler
+splice retrieved passages into some rows while the others keep decoding. Writes past max_len are
+dropped (never clamped onto real slots); the sampler budgets lengths so that this never happens.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from masksearch_jax.model.config import Qwen2Config
+
+Cache = dict
+
+
+def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> Cache:
+  shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "end": jnp.zeros((batch,), jnp.int32)}
+
+
+def cache_bytes(cfg: Qwen2Config, batch: int, max_len: int, itemsize: int = 2) -> int:
+  return 2 * cfg.num_layers * batch * max_len * cfg.num_kv_heads * cfg.dim_per_head * itemsize

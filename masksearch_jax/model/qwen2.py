@@ -1,0 +1,186 @@
+"""Pure-functional Qwen2 / Qwen2.5 decoder: `init_params` builds a plain dict pytree and `apply`
+is a pure function of (params, tokens, positions, segment ids, cache).
+
+Numerics follow `transformers.Qwen2ForCausalLM`: RMSNorm in float32, rotate-half RoPE, q/k/v biases,
+grouped-query attention, SwiGLU MLP. Matmuls run in `compute_dtype` (bf16 by default); attention
+softmax and logits are float32. Layers are stacked on a leading axis and run with `lax.scan` (fast
+compiles at any depth) or unrolled, with an optional remat policy on the layer body.
+
+Param tree (L = layers, D = hidden, H/K = q/kv heads, Dh = head dim, F = MLP width, V = vocab):
+  embed [V, D]; final_norm [D]; lm_head [D, V] (absent when embeddings are tied)
+  layers/ input_norm [L, D], post_norm [L, D],
+          q [L, D, H, Dh], q_bias [L, H, Dh], k/v [L, D, K, Dh], k_bias/v_bias [L, K, Dh],
+          o [L, H, Dh, D], gate/up [L, D, F], down [L, F, D]
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from masksearch_jax.model import attention
+from masksearch_jax.model.config import Qwen2Config
+
+Params = dict[str, Any]
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def init_params(cfg: Qwen2Config, key: jax.Array, dtype=jnp.float32, std: float = 0.02) -> Params:
+  """Random params (normal(std) kernels, zero biases, unit norms), as HF's initializer does."""
+  L, D, H, K, Dh, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
+                          cfg.dim_per_head, cfg.intermediate_size, cfg.vocab_size)
+  ks = iter(jax.random.split(key, 16))
+  n = lambda shape: (std * jax.random.normal(next(ks), shape, jnp.float32)).astype(dtype)
+  # Biases get small random values (not zeros) so tests exercise them against the reference.
+  b = lambda shape: (std * jax.random.normal(next(ks), shape, jnp.float32)).astype(dtype)
+  layers = {
+      "input_norm": jnp.ones((L, D), dtype), "post_norm": jnp.ones((L, D), dtype),
+      "q": n((L, D, H, Dh)), "q_bias": b((L, H, Dh)),
+      "k": n((L, D, K, Dh)), "k_bias": b((L, K, Dh)),
+      "v": n((L, D, K, Dh)), "v_bias": b((L, K, Dh)),
+      "o": n((L, H, Dh, D)),
+      "gate": n((L, D, F)), "up": n((L, D, F)), "down": n((L, F, D)),
+  }
+  params = {"embed": n((V, D)), "layers": layers, "final_norm": jnp.ones((D,), dtype)}
+  if not cfg.tie_embeddings:
+    params["lm_head"] = n((D, V))
+  return params
+
+
+def rms_norm(x, scale, eps):
+  xf = x.astype(jnp.float32)
+  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope(x, positions, theta):
+  """Rotate-half RoPE (HF layout). x [B, T, N, Dh], positions [B, T]."""
+  dh = x.shape[-1]
+  inv = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))     # [Dh/2]
+  ang = positions.astype(jnp.float32)[..., None] * inv                         # [B, T, Dh/2]
+  cos = jnp.cos(jnp.concatenate([ang, ang], -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([ang, ang], -1))[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  x1, x2 = xf[..., : dh // 2], xf[..., dh // 2:]
+  rot = jnp.concatenate([-x2, x1], -1)
+  return (xf * cos + rot * sin).astype(x.dtype)
+
+
+def _attention_mask(segment_ids, cache_end, t, s):
+  """Boolean [B, T, S]. Without a cache: causal within equal non-zero segments (packing).
+  With a cache: query i of row b sits at slot end[b]+i and sees slots <= its own."""
+  if cache_end is None:
+    seg = segment_ids
+    causal = jnp.tril(jnp.ones((t, t), bool))[None]
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] != 0)
+    return causal & same
+  q_slot = cache_end[:, None] + jnp.arange(t)[None, :]                     # [B, T]
+  return jnp.arange(s)[None, None, :] <= q_slot[:, :, None]
+
+
+def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):
+  """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
+  c = lambda w: w.astype(dtype)
+  x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
+  q = jnp.einsum("btd,dhk->bthk", x, c(lp["q"])) + c(lp["q_bias"])
+  k = jnp.einsum("btd,dhk->bthk", x, c(lp["k"])) + c(lp["k_bias"])
+  v = jnp.einsum("btd,dhk->bthk", x, c(lp["v"])) + c(lp["v_bias"])
+  q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+  new_kv = None
+  if cache_kv is not None:
+    kc, vc = cache_kv
+    b, t = k.shape[:2]
+    rows = jnp.arange(b)[:, None]
+    slots = cache_end[:, None] + jnp.arange(t)[None, :]                     # [B, T]
+    kc = kc.at[rows, slots].set(k.astype(kc.dtype), mode="drop")
+    vc = vc.at[rows, slots].set(v.astype(vc.dtype), mode="drop")
+    new_kv = (kc, vc)
+    k, v = kc.astype(dtype), vc.astype(dtype)
+  a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
+  h = h + jnp.einsum("bthk,hkd->btd", a, c(lp["o"]))
+  x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
+  g = jnp.einsum("btd,df->btf", x, c(lp["gate"]))
+  u = jnp.einsum("btd,df->btf", x, c(lp["up"]))
+  h = h + jnp.einsum("btf,fd->btd", jax.nn.silu(g) * u, c(lp["down"]))
+  return h, new_kv
+
+
+def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Array | None = None,
+          segment_ids: jax.Array | None = None, cache: dict | None = None, *,
+          attn_impl: str = "xla", compute_dtype=jnp.bfloat16, remat: str = "none",
+          scan_layers: bool = True, return_hidden: bool = False):
+  """Forward pass. tokens/positions/segment_ids [B, T] int32; segment id 0 marks padding.
+
+  Without `cache`: full (optionally packed) forward; positions default to 0..T-1.
+  With `cache` (see kv_cache.py): new tokens are appended per row at cache["end"].
+  Returns (logits [B, T, V] float32 — or final hidden [B, T, D] if return_hidden —, new cache).
+  """
+  b, t = tokens.shape
+  if positions is None:
+    base = 0 if cache is None else cache["end"][:, None]
+    positions = base + jnp.arange(t, dtype=jnp.int32)[None, :]
+  # With no padding, packing or cache the mask is purely causal: fused kernels then skip it.
+  causal_only = cache is None and segment_ids is None
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  cache_end = None if cache is None else cache["end"]
+  s = t if cache is None else cache["k"].shape[2]
+  mask = _attention_mask(segment_ids, cache_end, t, s)
+  h = params["embed"].astype(compute_dtype)[tokens]                         # [B, T, D]
+
+  layer = functools.partial(_layer, cfg, impl=attn_impl, causal_only=causal_only,
+                            dtype=compute_dtype)
+  policy = REMAT_POLICIES[remat]
+  if remat != "none":
+    layer = jax.checkpoint(layer, policy=policy, prevent_cse=not scan_layers)
+  if cache is None:
+    if scan_layers:
+      def body(h, lp):
+        h, _ = layer(h, lp, positions, mask, None, None)
+        return h, None
+      h, _ = jax.lax.scan(body, h, params["layers"])
+    else:
+      for i in range(cfg.num_layers):
+        lp = jax.tree.map(lambda x: x[i], params["layers"])
+        h, _ = layer(h, lp, positions, mask, None, None)
+    new_cache = None
+  else:
+    kc, vc = cache["k"], cache["v"]
+    if scan_layers:
+      def body(carry, xs):
+        h, kc, vc = carry
+        lp, i = xs
+        h, (ki, vi) = layer(h, lp, positions, mask, (kc[i], vc[i]), cache_end)
+        return (h, kc.at[i].set(ki), vc.at[i].set(vi)), None
+      (h, kc, vc), _ = jax.lax.scan(body, (h, kc, vc),
+                                    (params["layers"], jnp.arange(cfg.num_layers)))
+    else:
+      for i in range(cfg.num_layers):
+        lp = jax.tree.map(lambda x: x[i], params["layers"])
+        h, (ki, vi) = layer(h, lp, positions, mask, (kc[i], vc[i]), cache_end)
+        kc, vc = kc.at[i].set(ki), vc.at[i].set(vi)
+    new_cache = {"k": kc, "v": vc,
+                 "end": cache_end + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)}
+  h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
+  if return_hidden:
+    return h, new_cache
+  return logits_from_hidden(params, cfg, h), new_cache
+
+
+def unembedding(params: Params, cfg: Qwen2Config) -> jax.Array:
+  """The [D, V] output matrix (the transposed embedding when tied)."""
+  return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
+
+
+def logits_from_hidden(params: Params, cfg: Qwen2Config, h: jax.Array) -> jax.Array:
+  """[B, T, D] -> float32 logits [B, T, V] (products accumulated in f32)."""
+  w = unembedding(params, cfg).astype(h.dtype)
+  return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)

@@ -1,0 +1,124 @@
+"""Our Flax Qwen2 against transformers.Qwen2ForCausalLM on the same random weights (float32)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from masksearch_jax.model import config as mcfg, kv_cache, qwen2
+from tests.model import hf_reference
+
+TOL = 1e-4
+CONFIGS = {
+    "tied_gqa": mcfg.PRESETS["tiny"],
+    "untied_mha": mcfg.PRESETS["tiny_untied"],
+    "untied_gqa": mcfg.PRESETS["tiny"].replace(tie_embeddings=False, num_kv_heads=1,
+                                               rms_norm_eps=1e-5, name="untied_gqa"),
+}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model(request):
+  cfg = CONFIGS[request.param]
+  params = qwen2.init_params(cfg, jax.random.PRNGKey(0), jnp.float32, std=0.1)
+  return cfg, params, hf_reference.hf_model(params, cfg)
+
+
+def _fwd(params, cfg, tokens, **kw):
+  logits, _ = qwen2.apply(params, cfg, jnp.asarray(tokens), compute_dtype=jnp.float32, **kw)
+  return np.asarray(logits)
+
+
+def test_padded_batch_matches_hf(model):
+  cfg, params, ref = model
+  rng = np.random.default_rng(0)
+  lengths = [12, 7, 3]
+  tokens = rng.integers(0, cfg.vocab_size, (3, 12))
+  mask = (np.arange(12)[None] < np.array(lengths)[:, None]).astype(np.int32)
+  ours = _fwd(params, cfg, tokens, segment_ids=jnp.asarray(mask))
+  theirs = hf_reference.hf_logits(ref, tokens, attention_mask=mask)
+  for b, n in enumerate(lengths):
+    np.testing.assert_allclose(ours[b, :n], theirs[b, :n], atol=TOL, rtol=0)
+
+
+def test_left_padded_with_positions_matches_hf(model):
+  cfg, params, ref = model
+  rng = np.random.default_rng(1)
+  tokens = rng.integers(0, cfg.vocab_size, (2, 10))
+  mask = np.ones((2, 10), np.int32)
+  mask[1, :4] = 0
+  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+  ours = _fwd(params, cfg, tokens, positions=jnp.asarray(pos), segment_ids=jnp.asarray(mask))
+  theirs = hf_reference.hf_logits(ref, tokens, attention_mask=mask, position_ids=pos)
+  np.testing.assert_allclose(ours[0], theirs[0], atol=TOL, rtol=0)
+  np.testing.assert_allclose(ours[1, 4:], theirs[1, 4:], atol=TOL, rtol=0)
+
+
+def test_packed_segments_match_separate_hf_runs(model):
+  cfg, params, ref = model
+  rng = np.random.default_rng(2)
+  seg_lens = [5, 8, 3]
+  total = 20                                   # 4 padding slots at the end
+  tokens = rng.integers(0, cfg.vocab_size, (1, total))
+  seg = np.zeros((1, total), np.int32)
+  pos = np.zeros((1, total), np.int32)
+  start = 0
+  for i, n in enumerate(seg_lens):
+    seg[0, start:start + n] = i + 1
+    pos[0, start:start + n] = np.arange(n)
+    start += n
+  ours = _fwd(params, cfg, tokens, positions=jnp.asarray(pos), segment_ids=jnp.asarray(seg))
+  start = 0
+  for n in seg_lens:
+    theirs = hf_reference.hf_logits(ref, tokens[:, start:start + n])
+    np.testing.assert_allclose(ours[0, start:start + n], theirs[0], atol=TOL, rtol=0)
+    start += n
+
+
+def test_kv_cache_decode_matches_full_forward(model):
+  cfg, params, _ = model
+  rng = np.random.default_rng(3)
+  B, T, P = 3, 14, 6
+  tokens = rng.integers(0, cfg.vocab_size, (B, T))
+  full = _fwd(params, cfg, tokens)
+  # Ragged prefill: rows hold P, P-2, P-4 real prompt tokens (tail padding), then decode the rest.
+  plen = np.array([P, P - 2, P - 4])
+  seg = (np.arange(P)[None] < plen[:, None]).astype(np.int32)
+  cache = kv_cache.init_cache(cfg, B, 32, jnp.float32)
+  step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
+                                                compute_dtype=jnp.float32))
+  logits, cache = step(params, jnp.asarray(tokens[:, :P]), jnp.asarray(seg), cache)
+  np.testing.assert_array_equal(np.asarray(cache["end"]), plen)
+  for b in range(B):
+    np.testing.assert_allclose(np.asarray(logits)[b, :plen[b]], full[b, :plen[b]], atol=TOL, rtol=0)
+  cur = plen.copy()
+  for _ in range(T - P):
+    nxt = tokens[np.arange(B), cur][:, None]
+    logits, cache = step(params, jnp.asarray(nxt), jnp.ones((B, 1), jnp.int32), cache)
+    for b in range(B):
+      np.testing.assert_allclose(np.asarray(logits)[b, 0], full[b, cur[b]], atol=TOL, rtol=0)
+    cur += 1
+  np.testing.assert_array_equal(np.asarray(cache["end"]), cur)
+
+
+def test_unrolled_and_remat_agree_with_scan():
+  cfg = CONFIGS["tied_gqa"]
+  params = qwen2.init_params(cfg, jax.random.PRNGKey(1), jnp.float32, std=0.1)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 9)))
+  ref = _fwd(params, cfg, tokens)
+  np.testing.assert_allclose(_fwd(params, cfg, tokens, scan_layers=False), ref, atol=1e-5)
+  loss = lambda p, **kw: jnp.mean(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32, **kw)[0] ** 2)
+  g_ref = jax.grad(loss)(params)
+  g_remat = jax.grad(lambda p: loss(p, remat="full"))(params)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_bf16_compute_close_to_f32():
+  cfg = CONFIGS["tied_gqa"]
+  params = qwen2.init_params(cfg, jax.random.PRNGKey(2), jnp.float32, std=0.1)
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 16)))
+  f32 = _fwd(params, cfg, tokens)
+  bf16, _ = qwen2.apply(params, cfg, tokens)                 # default compute dtype: bf16
+  assert bf16.dtype == jnp.float32                           # logits stay f32
+  rel = np.linalg.norm(np.asarray(bf16) - f32) / np.linalg.norm(f32)
+  assert rel < 3e-2, rel
