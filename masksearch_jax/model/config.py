@@ -69,12 +69,15 @@ class Qwen2Config:
     eos = d.get("eos_token_id")
     if isinstance(eos, list):
       eos = eos[0] if eos else None
+    head_dim = d.get("head_dim")
+    if head_dim is not None and int(head_dim) * int(d["num_attention_heads"]) == int(d["hidden_size"]):
+      head_dim = None                    # the default: keep presets and loaded configs equal
     return cls(
         vocab_size=int(d["vocab_size"]), hidden_size=int(d["hidden_size"]),
         num_layers=int(d["num_hidden_layers"]), num_heads=int(d["num_attention_heads"]),
         num_kv_heads=int(d.get("num_key_value_heads") or d["num_attention_heads"]),
         intermediate_size=int(d["intermediate_size"]),
-        head_dim=d.get("head_dim"), rope_theta=float(theta),
+        head_dim=head_dim, rope_theta=float(theta),
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
         max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
