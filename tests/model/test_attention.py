@@ -19,17 +19,20 @@ def _available():
 def test_implementations_agree(impl, packed):
   cfg = mcfg.PRESETS["tiny"]
   params = qwen2.init_params(cfg, jax.random.PRNGKey(0), jnp.float32, std=0.1)
-  dtype = jnp.bfloat16 if impl == "cudnn" else jnp.float32
+  dtype = jnp.bfloat16 if impl == "cudnn" else jnp.float32     # cuDNN's kernel is bf16/fp16 only
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
   kw = {}
   if packed:
     kw["segment_ids"] = jnp.asarray([[1] * 6 + [2] * 8 + [0] * 2, [1] * 16])
     kw["positions"] = jnp.asarray([list(range(6)) + list(range(8)) + [0, 0], list(range(16))])
-  ref, _ = qwen2.apply(params, cfg, tokens, attn_impl="xla", compute_dtype=dtype, **kw)
+  ref, _ = qwen2.apply(params, cfg, tokens, attn_impl="xla", compute_dtype=jnp.float32, **kw)
   out, _ = qwen2.apply(params, cfg, tokens, attn_impl=impl, compute_dtype=dtype, **kw)
   valid = np.asarray(kw.get("segment_ids", jnp.ones((2, 16)))) != 0
-  tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
-  np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=tol, rtol=tol)
+  ref, out = np.asarray(ref)[valid], np.asarray(out)[valid]
+  # Against the float32 einsum reference: float32 paths agree to rounding, bf16 ones to bf16's
+  # ~3 significant digits (relative error of the whole logits tensor).
+  rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+  assert rel < (2e-2 if dtype == jnp.bfloat16 else 1e-6), rel
 
 
 def test_unknown_implementation_is_rejected():

@@ -1,0 +1,103 @@
+"""Token log-probs and masked cross-entropy, from logits or (memory-lean) from hidden states.
+
+Everything returns SUMS plus token counts: the caller divides once by the global count of the
+whole (accumulated, data-parallel) batch, so micro-batching never turns into a mean of means.
+Targets are already aligned with the positions (targets[:, t] is the token after position t).
+
+The chunked variant never materialises f32 logits [tokens, vocab] (for Qwen2.5 that is
+151936 x 4 bytes = 0.6 MB per token): it walks token chunks and, inside each, vocab chunks of the
+unembedding with an online log-sum-exp. The vocab step is rematerialised (jax.checkpoint), so the
+backward pass recomputes each [token_chunk, vocab_chunk] logit tile instead of storing it: the
+saved residuals are three [tokens] f32 vectors per vocab chunk, the live extra memory one tile.
+Cost: 4 matmuls of the unembedding's size (forward, recompute, two backward) against 3 for
+materialised logits. The unembedding is [vocab, d_model] (the
+HF `lm_head.weight` / tied `embed_tokens.weight` layout); slice it by vocab, so keep it replicated
+along vocab or expect gathers.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["token_logprobs", "masked_cross_entropy", "chunked_token_logprobs",
+           "chunked_cross_entropy"]
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log softmax(logits)[target] in f32. logits [B, T, V] (any float dtype), targets [B, T] int."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)                # [B, T, V]
+  return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array,
+                         loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of -log p(target) over loss tokens, number of loss tokens), both f32 scalars."""
+  mask = loss_mask.astype(jnp.float32)                                          # [B, T]
+  return -jnp.sum(token_logprobs(logits, targets) * mask), jnp.sum(mask)
+
+
+def _chunk_logprobs(x: jax.Array, tgt: jax.Array, unembedding: jax.Array,
+                    vocab_chunk: int) -> jax.Array:
+  """x [n, D], tgt [n] -> log p(tgt) [n] f32, scanning the vocab in chunks of vocab_chunk."""
+  vocab = unembedding.shape[0]
+  n = x.shape[0]
+  num_chunks = -(-vocab // vocab_chunk)
+
+  @jax.checkpoint
+  def body(carry, i):
+    run_max, run_sum, tgt_logit = carry                                         # [n] each
+    start = i * vocab_chunk
+    # The last chunk is clamped to stay in bounds (no padded copy of the unembedding); columns
+    # it shares with the previous chunk are masked out below.
+    lo = jnp.minimum(start, vocab - vocab_chunk)
+    w = jax.lax.dynamic_slice_in_dim(unembedding, lo, vocab_chunk, axis=0)      # [vc, D]
+    logits = jnp.einsum("nd,vd->nv", x, w, preferred_element_type=jnp.float32)  # [n, vc]
+    cols = lo + jnp.arange(vocab_chunk)                                         # [vc]
+    fresh = cols >= start
+    logits = jnp.where(fresh[None, :], logits, -jnp.inf)
+    new_max = jnp.maximum(run_max, jnp.max(logits, axis=-1))
+    run_sum = (run_sum * jnp.exp(run_max - new_max)
+               + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=-1))
+    hit = (cols[None, :] == tgt[:, None]) & fresh[None, :]                      # [n, vc]
+    tgt_logit = tgt_logit + jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
+    return (new_max, run_sum, tgt_logit), None
+
+  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
+          jnp.zeros((n,), jnp.float32))
+  (run_max, run_sum, tgt_logit), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+  return tgt_logit - (run_max + jnp.log(run_sum))
+
+
+def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, *,
+                           token_chunk: int = 1024, vocab_chunk: int = 16384) -> jax.Array:
+  """log p(target) [B, T] f32 from final hidden states [B, T, D] and unembedding [V, D].
+
+  Equals token_logprobs(hidden @ unembedding.T, targets) up to float rounding.
+  """
+  b, t, d = hidden.shape
+  vocab = unembedding.shape[0]
+  if unembedding.ndim != 2 or unembedding.shape[1] != d:
+    raise ValueError(f"chunked_token_logprobs: unembedding shape {unembedding.shape} is not "
+                     f"[vocab, d_model={d}]")
+  vocab_chunk = min(vocab_chunk, vocab)
+  n = b * t
+  token_chunk = min(token_chunk, n)
+  num_tok_chunks = -(-n // token_chunk)
+  pad = num_tok_chunks * token_chunk - n
+  x = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0)))                         # [n + pad, D]
+  tgt = jnp.pad(targets.reshape(n).astype(jnp.int32), (0, pad))                 # [n + pad]
+  xs = x.reshape(num_tok_chunks, token_chunk, d)
+  ts = tgt.reshape(num_tok_chunks, token_chunk)
+  fn = lambda xt: _chunk_logprobs(xt[0], xt[1], unembedding, vocab_chunk)
+  out = jax.lax.map(fn, (xs, ts))                                               # [chunks, tc]
+  return out.reshape(-1)[:n].reshape(b, t)
+
+
+def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array,
+                          loss_mask: jax.Array, *, token_chunk: int = 1024,
+                          vocab_chunk: int = 16384) -> tuple[jax.Array, jax.Array]:
+  """masked_cross_entropy without full logits: (sum loss, num loss tokens), f32 scalars."""
+  logp = chunked_token_logprobs(hidden, unembedding, targets, token_chunk=token_chunk,
+                                vocab_chunk=vocab_chunk)                        # [B, T]
+  mask = loss_mask.astype(jnp.float32)
+  return -jnp.sum(logp * mask), jnp.sum(mask)
