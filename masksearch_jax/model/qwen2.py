@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from masksearch_jax.model import attention
+from masksearch_jax.model.matmul import einsum_f32_out
 from masksearch_jax.model.config import Qwen2Config
 
 Params = dict[str, Any]
@@ -183,4 +184,4 @@ def unembedding(params: Params, cfg: Qwen2Config) -> jax.Array:
 def logits_from_hidden(params: Params, cfg: Qwen2Config, h: jax.Array) -> jax.Array:
   """[B, T, D] -> float32 logits [B, T, V] (products accumulated in f32)."""
   w = unembedding(params, cfg).astype(h.dtype)
-  return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+  return einsum_f32_out("btd,dv->btv", h, w)

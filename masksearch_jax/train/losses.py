@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from masksearch_jax.model.matmul import einsum_f32_out
+
 __all__ = ["token_logprobs", "masked_cross_entropy", "chunked_token_logprobs",
            "chunked_cross_entropy"]
 
@@ -42,6 +44,12 @@ def _chunk_logprobs(x: jax.Array, tgt: jax.Array, unembedding: jax.Array,
   vocab = unembedding.shape[0]
   n = x.shape[0]
   num_chunks = -(-vocab // vocab_chunk)
+  if num_chunks == 1:
+    # Whole vocabulary at once (fastest on GPU when [n, V] fits): one logsumexp, a gather for the
+    # target, and a bf16 backward through einsum_f32_out.
+    logits = einsum_f32_out("nd,vd->nv", x, unembedding)                        # [n, V] f32
+    tgt_logit = jnp.take_along_axis(logits, tgt[:, None], axis=-1)[:, 0]
+    return tgt_logit - jax.nn.logsumexp(logits, axis=-1)
 
   @jax.checkpoint
   def body(carry, i):
@@ -51,7 +59,7 @@ def _chunk_logprobs(x: jax.Array, tgt: jax.Array, unembedding: jax.Array,
     # it shares with the previous chunk are masked out below.
     lo = jnp.minimum(start, vocab - vocab_chunk)
     w = jax.lax.dynamic_slice_in_dim(unembedding, lo, vocab_chunk, axis=0)      # [vc, D]
-    logits = jnp.einsum("nd,vd->nv", x, w, preferred_element_type=jnp.float32)  # [n, vc]
+    logits = einsum_f32_out("nd,vd->nv", x, w)                                  # [n, vc] f32
     cols = lo + jnp.arange(vocab_chunk)                                         # [vc]
     fresh = cols >= start
     logits = jnp.where(fresh[None, :], logits, -jnp.inf)
