@@ -1,0 +1,156 @@
+r"""Learning check on the embedded world: SFT on oracle search traces, then DAPO; held-out accuracy
+of (a) the SFT model answering WITHOUT search (its retriever returns nothing), (b) the SFT model
+with search, (c) SFT + DAPO with search. All greedy, exact match on the world's test questions.
+
+  python benchmarks/rl_world.py --workdir=/tmp/rl_world                      # CPU, reduced
+  python benchmarks/rl_world.py --workdir=/tmp/rl_world --slice=gpu1 \
+      --sft_steps=600 --rl_steps=200 --eval_n=198 --model=tiny_4l           # GPU, full
+
+Stages are skipped when their output exists (world, traces, SFT run; the RL run resumes), so a
+killed run continues. Prints a table and writes WORKDIR/results.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from absl import app, flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/rl_world", "Everything goes here.")
+_SLICE = flags.DEFINE_string("slice", "cpu", "configs/slices/<name>.py overlay (cpu, gpu1, ...).")
+_MODEL = flags.DEFINE_string("model", "tiny",
+                             "Model preset or configs/models name (tiny, tiny_4l).")
+_SFT_STEPS = flags.DEFINE_integer("sft_steps", 300, "SFT steps on the oracle traces.")
+_SFT_LR = flags.DEFINE_float("sft_lr", 3e-3, "SFT peak learning rate.")
+_SFT_BATCH = flags.DEFINE_integer("sft_batch", 8, "SFT rows per step (packed traces).")
+_SFT_SEQ = flags.DEFINE_integer("sft_seq_len", 2048, "SFT packed row length.")
+_RL_STEPS = flags.DEFINE_integer("rl_steps", 30, "DAPO steps.")
+_RL_LR = flags.DEFINE_float("rl_lr", 1e-4, "DAPO learning rate (constant).")
+_GROUP = flags.DEFINE_integer("group_size", 8, "Responses per prompt.")
+_PROMPTS = flags.DEFINE_integer("prompts_per_step", 8, "Prompts (groups) per DAPO step.")
+_MINI = flags.DEFINE_integer("mini_batches", 2, "Optimizer updates per DAPO step.")
+_TEMP = flags.DEFINE_float("temperature", 1.0, "Rollout temperature.")
+_DYN = flags.DEFINE_bool("dynamic_sampling", True, "Drop all-equal groups, refill (DAPO).")
+_EVAL_N = flags.DEFINE_integer("eval_n", 64, "Held-out questions evaluated (test split size: 198).")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "DAPO steps between held-out evals (curve).")
+_SEQ = flags.DEFINE_integer("seq_len", 1024, "Rollout buffer / training length.")
+_NEW = flags.DEFINE_integer("max_new_tokens", 640, "Cap on tokens after the prompt.")
+
+
+class NoResults:
+  """A retriever that finds nothing: the model must answer from its weights alone."""
+
+  def search(self, queries, k):
+    from masksearch_jax.protocol import Hit
+    return [[Hit(f"none{j}", "No results", "No results found.", 0.0) for j in range(k)]
+            for _ in queries]
+
+
+def build_world(wdir: Path) -> None:
+  from masksearch_jax.agents import oracle
+  from masksearch_jax.data import traces, world, world_search
+  if not (wdir / "tokenizer" / "tokenizer.json").exists():
+    print("world:", world.build(wdir, world.WorldConfig(), tokenizer_vocab=3000), flush=True)
+  if not (wdir / "traces.jsonl").exists():
+    retriever = world_search.LexicalRetriever.from_jsonl(wdir / "corpus.jsonl")
+    items = [json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()]
+    got, stats = oracle.generate(items, retriever)
+    traces.write_jsonl(wdir / "traces.jsonl", got)
+    print("oracle traces:", stats, flush=True)
+
+
+def run_sft(wdir: Path, out: Path):
+  from masksearch_jax.train import config as config_lib, sft
+  cfg = config_lib.load_config(
+      str(ROOT / "configs/sft_world.py"), str(ROOT / f"configs/slices/{_SLICE.value}.py"),
+      model=_MODEL.value, data=(str(wdir / "traces.jsonl"),), tokenizer=str(wdir / "tokenizer"),
+      workdir=str(out), steps=_SFT_STEPS.value, learning_rate=_SFT_LR.value,
+      warmup_steps=min(20, _SFT_STEPS.value // 10),
+      batch_size=_SFT_BATCH.value, seq_len=_SFT_SEQ.value, export_dtype="float32",
+      save_every=max(_SFT_STEPS.value // 2, 1))
+  if not (out / "hf" / "config.json").exists():
+    t = time.perf_counter()
+    res = sft.train(cfg)
+    print(f"SFT: {res['step']} steps in {time.perf_counter() - t:.0f}s, last loss "
+          f"{res['metrics'].get('loss', float('nan')):.3f}", flush=True)
+  return cfg
+
+
+def rl_config(wdir: Path, sft_dir: Path, out: Path):
+  from masksearch_jax.train import config as config_lib
+  from masksearch_jax.train.rl import RLConfig
+  return config_lib.load_config(
+      str(ROOT / "configs/rl_world.py"), str(ROOT / f"configs/slices/{_SLICE.value}.py"),
+      cls=RLConfig, model=_MODEL.value, init_from=str(sft_dir),
+      tokenizer=str(wdir / "tokenizer"), data=(str(wdir / "questions_train.jsonl"),),
+      eval_data=(str(wdir / "questions_test.jsonl"),), eval_limit=_EVAL_N.value,
+      eval_every=_EVAL_EVERY.value, retriever=f"lexical:{wdir / 'corpus.jsonl'}",
+      workdir=str(out), steps=_RL_STEPS.value, learning_rate=_RL_LR.value,
+      group_size=_GROUP.value, batch_size=_GROUP.value * _PROMPTS.value,
+      gen_groups_per_round=_PROMPTS.value, mini_batches=_MINI.value,
+      temperature=_TEMP.value, dynamic_sampling=_DYN.value, seq_len=_SEQ.value,
+      max_new_tokens=_NEW.value,
+      sampler_dtype="float32" if _SLICE.value == "cpu" else "bfloat16",
+      export_hf_at_end=False, save_every=max(_RL_STEPS.value // 4, 1))
+
+
+def evaluate(cfg, params, mcfg, tok, mesh, examples, retriever) -> dict:
+  from masksearch_jax.rl import collect
+  from masksearch_jax.train import rl
+  sampler = rl.make_sampler(mcfg, tok, cfg, retriever, mesh, greedy=True)
+  return collect.evaluate_accuracy(sampler, params, tok, examples, cfg.reward.protocol,
+                                   cfg.chat_template, batch_size=min(32, len(examples)))
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  import jax
+  from masksearch_jax import tokenizer as tok_lib
+  from masksearch_jax.rl import prompts
+  from masksearch_jax.train import rl, sft, trainer
+  work = Path(_WORKDIR.value)
+  wdir = work / "world"
+  build_world(wdir)
+  sft_cfg = run_sft(wdir, work / "sft")
+  cfg = rl_config(wdir, work / "sft", work / "rl")
+  tok = tok_lib.load(wdir / "tokenizer")
+  mcfg = sft.resolve_model(sft_cfg, tok)
+  mesh, param_sh, _ = trainer.build_mesh_and_shardings(cfg, mcfg, jax.devices())
+  sft_params = trainer.load_params(str(work / "sft"), mcfg, param_sh)
+  test = prompts.load_examples([wdir / "questions_test.jsonl"], limit=_EVAL_N.value)
+  search = rl.open_retriever(cfg.retriever)
+  results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params()}
+  t = time.perf_counter()
+  results["a_sft_no_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, NoResults())
+  results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)
+  print(f"SFT evals in {time.perf_counter() - t:.0f}s: {results}", flush=True)
+  del sft_params
+  t = time.perf_counter()
+  out = rl.run(cfg)
+  results["rl_seconds"] = time.perf_counter() - t
+  results["c_sft_dapo_search"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, test, search)
+  results["c_sft_dapo_no_search"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, test,
+                                             NoResults())
+  curve = [json.loads(l) for l in (work / "rl" / "metrics.jsonl").read_text().splitlines()]
+  results["rl_curve"] = [{k: r[k] for k in ("step", "reward/total", "accuracy", "eval/accuracy")
+                          if k in r} for r in curve]
+  (work / "results.json").write_text(json.dumps(results, indent=1))
+  print("\nheld-out exact match (greedy), n =", len(test))
+  print(f"{'model':34s} {'accuracy':>9s} {'format':>7s} {'searches':>9s}")
+  for name, key in (("(a) SFT, no search", "a_sft_no_search"), ("(b) SFT, search", "b_sft_search"),
+                    ("(c) SFT + DAPO, search", "c_sft_dapo_search"),
+                    ("    SFT + DAPO, no search", "c_sft_dapo_no_search")):
+    r = results[key]
+    print(f"{name:34s} {r['accuracy']:9.3f} {r['format']:7.3f} {r['searches']:9.2f}")
+  print(f"training-prompt reward: step 1 {curve[0]['reward/total']:.3f} -> step "
+        f"{curve[-1]['step']} {curve[-1]['reward/total']:.3f}; written {work / 'results.json'}")
+
+
+if __name__ == "__main__":
+  app.run(main)

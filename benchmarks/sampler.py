@@ -1,0 +1,294 @@
+"""Sampler throughput: jitted KV-cache decode vs transformers generate vs the HBM roofline, and a
+multi-turn rollout with a fixed-latency retriever stub.
+
+  python benchmarks/sampler.py --models=0.5b,1.5b --batch_sizes=1,16,64,256 --json_out=/tmp/s.json
+  python benchmarks/sampler.py --models=tiny --batch_sizes=1,4 --prompt_len=16
+      --new_tokens=32 --hf=false --platform=cpu            # CPU smoke test (one line)
+
+Per (model, batch): decode tok/s = batch * new_tokens / time of one jitted decode call producing
+new_tokens per row (prefill excluded; no stops); end-to-end tok/s includes prefill and the host
+loop. Roofline tok/s = batch / (bytes read per step / bandwidth), bytes = all weights once (the
+tied embedding counted once, as the LM head) + the live KV cache (prompt + new/2 tokens per row,
+the mean over the run). `kv_full` is the same with the whole max_len cache, which is what our
+decode attention reads. Random weights, every number from this one device.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from absl import app, flags, logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
+
+flags.DEFINE_list("models", ["0.5b", "1.5b"], "presets (model/config.py), e.g. 0.5b,1.5b,tiny")
+flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"], "batch sizes")
+flags.DEFINE_integer("prompt_len", 256, "prompt tokens per row")
+flags.DEFINE_integer("new_tokens", 512, "generated tokens per row")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "params / compute / cache dtype")
+flags.DEFINE_enum("scan_layers", "both", ["true", "false", "both"], "layer scan in decode")
+flags.DEFINE_string("attn_impl", "xla", "attention implementation (model/attention.py)")
+flags.DEFINE_integer("repeats", 2, "timed repeats after one warm-up (best is reported)")
+flags.DEFINE_bool("hf", True, "also time transformers generate (torch, same dtype, CUDA only)")
+flags.DEFINE_list("hf_batch_sizes", [], "batch sizes for transformers (default: all)")
+flags.DEFINE_float("bandwidth_tbs", 3.02, "HBM copy bandwidth for the roofline (TB/s)")
+flags.DEFINE_bool("measure_bandwidth", True, "also measure copy bandwidth on this device")
+flags.DEFINE_bool("multi_turn", True, "run the multi-turn case with a retriever stub")
+flags.DEFINE_integer("mt_batch", 64, "multi-turn batch size")
+flags.DEFINE_integer("mt_turns", 3, "searches per row in the multi-turn case")
+flags.DEFINE_integer("mt_period", 96, "policy tokens per turn (search call closes at its end)")
+flags.DEFINE_integer("mt_obs_tokens", 128, "observation tokens per turn (max_tool_tokens)")
+flags.DEFINE_float("retriever_latency_ms", 50.0, "fixed latency of the retriever stub")
+flags.DEFINE_integer("chunk_steps", 64, "decode steps per host check in end-to-end runs")
+flags.DEFINE_float("pause_exit_fraction", 0.0, "multi-turn: end a chunk once this share of rows "
+                   "paused at a tool call (RolloutConfig.pause_exit_fraction)")
+flags.DEFINE_string("json_out", "", "write all results as JSON here")
+flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
+FLAGS = flags.FLAGS
+
+
+class SyntheticTokenizer:
+  """Word-level stand-in (no tokenizer files on the bench machine): tags are ids 1..8, any other
+  word hashes into [16, V); id i decodes to ' w<i>'. Enough for the protocol's text rules."""
+
+  def __init__(self, vocab: int, protocol):
+    self.vocab, self.tags = vocab, list(protocol.all_tags)
+    self.tag_id = {t: i + 1 for i, t in enumerate(self.tags)}
+
+  def encode(self, text, add_special_tokens=False):
+    import re
+    out = []
+    for part in re.split("(" + "|".join(re.escape(t) for t in self.tags) + ")", text):
+      if part in self.tag_id:
+        out.append(self.tag_id[part])
+      else:
+        out += [16 + zlib.crc32(w.encode()) % (self.vocab - 16) for w in part.split()]
+    return out
+
+  def decode(self, ids, **kw):
+    return "".join(self.tags[i - 1] if 1 <= i <= len(self.tags) else f" w{i}" for i in ids)
+
+
+class StubRetriever:
+  def __init__(self, latency_s: float):
+    self.latency_s, self.calls = latency_s, 0
+
+  def search(self, queries, k):
+    from masksearch_jax.protocol import Hit
+    time.sleep(self.latency_s)
+    self.calls += 1
+    return [[Hit(str(j), f"title {j}", "passage text " * 40, 1.0) for j in range(k)]
+            for _ in queries]
+
+
+def _best(fn, repeats):
+  fn()                                                       # warm-up (compiles)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def measure_bandwidth():
+  import jax
+  import jax.numpy as jnp
+  x = jnp.ones((256 * 1024 * 1024,), jnp.bfloat16)           # 512 MiB
+  f = jax.jit(lambda a: a + 1)
+  t = _best(lambda: f(x).block_until_ready(), 5)
+  return 2 * x.size * 2 / t / 1e12                           # read + write, TB/s
+
+
+def roofline(cfg, batch, ctx, itemsize, bw_tbs):
+  weights = cfg.num_params() * itemsize
+  kv = 2 * cfg.num_layers * batch * ctx * cfg.num_kv_heads * cfg.dim_per_head * itemsize
+  return batch / ((weights + kv) / (bw_tbs * 1e12))
+
+
+def bench_ours(cfg, params, batch, scan, dtype, rng):
+  import numpy as np
+  from masksearch_jax.protocol import DEFAULT
+  from masksearch_jax.rollout import sampler as sampler_lib, types as T
+  P, N = FLAGS.prompt_len, FLAGS.new_tokens
+  tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
+  prompts = [list(rng.integers(16, cfg.vocab_size, P)) for _ in range(batch)]
+  out = {}
+  for name, chunk in (("decode", N), ("e2e", FLAGS.chunk_steps)):
+    rcfg = T.RolloutConfig(max_len=P + N, max_new_tokens=N, prompt_buckets=(P,), chunk_steps=chunk,
+                           use_tools=False)
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, compute_dtype=dtype,
+                            cache_dtype=dtype, attn_impl=FLAGS.attn_impl, scan_layers=scan)
+    if name == "decode":
+      holder = {}
+
+      def one():
+        state, _ = s.start(params, prompts)
+        state["length"].block_until_ready()
+        t = time.perf_counter()
+        state = s.engine.decode(params, state)
+        state["length"].block_until_ready()
+        holder["t"] = time.perf_counter() - t
+        assert int(state["length"].min()) == P + N, "decode stopped early"
+      one()
+      ts = []
+      for _ in range(FLAGS.repeats):
+        one()
+        ts.append(holder["t"])
+      out["decode_tok_s"] = batch * N / min(ts)
+    else:
+      out["e2e_tok_s"] = batch * N / _best(lambda: s.generate(params, prompts), FLAGS.repeats)
+  return out
+
+
+def bench_hf(cfg, batch, rng):
+  import torch
+  import transformers
+  if not torch.cuda.is_available():
+    return {"hf_note": "torch has no CUDA: transformers generate skipped"}
+  P, N = FLAGS.prompt_len, FLAGS.new_tokens
+  dt = torch.bfloat16 if FLAGS.dtype == "bfloat16" else torch.float32
+  hf_cfg = transformers.Qwen2Config(**cfg.to_hf_dict(FLAGS.dtype))
+  model = transformers.Qwen2ForCausalLM(hf_cfg).to(device="cuda", dtype=dt).eval()
+  ids = torch.tensor(rng.integers(16, cfg.vocab_size, (batch, P)), device="cuda")
+  att = torch.ones_like(ids)
+
+  def run():
+    with torch.no_grad():
+      model.generate(ids, attention_mask=att, do_sample=False, max_new_tokens=N, min_new_tokens=N,
+                     pad_token_id=0)
+    torch.cuda.synchronize()
+  t = _best(run, 1)
+  del model
+  torch.cuda.empty_cache()
+  return {"hf_tok_s": batch * N / t}
+
+
+def bench_multi_turn(cfg, params, scan, dtype):
+  import numpy as np
+  from masksearch_jax.protocol import DEFAULT
+  from masksearch_jax.rollout import hooks, sampler as sampler_lib, types as T
+  b, turns, period = FLAGS.mt_batch, FLAGS.mt_turns, FLAGS.mt_period
+  tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
+  ids = tok.tag_id
+  width = (turns + 1) * period
+  # Each turn: free tokens, then a forced `<search> q q q </search>`; finally a forced answer.
+  script = np.full((b, width), -1, np.int64)
+  for t in range(turns):
+    end = (t + 1) * period
+    script[:, end - 5:end] = [ids[DEFAULT.search_open], 100 + t, 200 + t, 300 + t,
+                              ids[DEFAULT.search_close]]
+  script[:, width - 3:] = [ids[DEFAULT.answer_open], 400, ids[DEFAULT.answer_close]]
+  forced = hooks.forced_tokens(script)
+
+  def hook(logits, tokens, mask, length):        # free tokens never write a tag (ids 1..8)
+    return forced(logits.at[:, 1:len(ids) + 1].set(-1e9), tokens, mask, length)
+  ret = StubRetriever(FLAGS.retriever_latency_ms / 1e3)
+  max_len = FLAGS.prompt_len + width + turns * (FLAGS.mt_obs_tokens + 8)
+  rcfg = T.RolloutConfig(max_len=max_len, prompt_buckets=(FLAGS.prompt_len,),
+                         chunk_steps=FLAGS.chunk_steps, max_turns=turns,
+                         max_tool_tokens=FLAGS.mt_obs_tokens, top_k_docs=3,
+                         pause_exit_fraction=FLAGS.pause_exit_fraction)
+  s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, retriever=ret,
+                          compute_dtype=dtype, cache_dtype=dtype, attn_impl=FLAGS.attn_impl,
+                          scan_layers=scan, logits_hook=hook)
+  rng = np.random.default_rng(1)
+  prompts = [list(rng.integers(16, cfg.vocab_size, FLAGS.prompt_len)) for _ in range(b)]
+  s.generate(params, prompts)                                  # warm-up
+  out = s.generate(params, prompts)
+  st = dict(out.stats)
+  st.update(batch=b, turns=turns, retriever_calls_per_rollout=st["rounds"],
+            finish=sorted(set(out.finish_reason)), policy_tok_s=int(out.loss_mask.sum()) / st["total_s"])
+  return st
+
+
+def main(argv):
+  del argv
+  if FLAGS.platform:
+    os.environ["JAX_PLATFORMS"] = FLAGS.platform
+  if FLAGS.hf:            # torch shares the GPU: JAX must not grab 75% of it up front
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from masksearch_jax.model import config, qwen2
+  dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
+  itemsize = 2 if FLAGS.dtype == "bfloat16" else 4
+  dev = jax.devices()[0]
+  results = {"device": str(dev.device_kind), "flags": {k: str(getattr(FLAGS, k)) for k in
+             ("prompt_len", "new_tokens", "dtype", "attn_impl", "chunk_steps")}, "rows": []}
+  bw = FLAGS.bandwidth_tbs
+  if FLAGS.measure_bandwidth:
+    results["measured_copy_tbs"] = measure_bandwidth()
+    logging.info("measured copy bandwidth %.2f TB/s", results["measured_copy_tbs"])
+  scans = {"true": [True], "false": [False], "both": [True, False]}[FLAGS.scan_layers]
+  hf_bs = set(FLAGS.hf_batch_sizes or FLAGS.batch_sizes)
+  ctx = FLAGS.prompt_len + FLAGS.new_tokens // 2
+  for name in FLAGS.models:
+    cfg = config.get_config(name)
+    params = jax.jit(qwen2.init_params, static_argnums=(0,), static_argnames=("dtype",))(
+        cfg, jax.random.PRNGKey(0), dtype=dtype)
+    for bs in FLAGS.batch_sizes:
+      batch = int(bs)
+      row = {"model": name, "batch": batch,
+             "roofline_tok_s": roofline(cfg, batch, ctx, itemsize, bw),
+             "roofline_kv_full_tok_s": roofline(cfg, batch, FLAGS.prompt_len + FLAGS.new_tokens,
+                                                itemsize, bw)}
+      for scan in scans:
+        try:
+          r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0))
+        except Exception as e:                               # e.g. out of memory at a large batch
+          logging.exception("ours failed: %s batch %d scan %s", name, batch, scan)
+          r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        row.update({f"{k}_scan{int(scan)}": v for k, v in r.items()})
+      if FLAGS.hf and bs in hf_bs:
+        try:
+          row.update(bench_hf(cfg, batch, np.random.default_rng(0)))
+        except Exception as e:
+          logging.exception("transformers failed")
+          row["hf_note"] = f"{type(e).__name__}: {str(e)[:200]}"
+      results["rows"].append(row)
+      print(json.dumps(row), flush=True)
+    if FLAGS.multi_turn:
+      for scan in scans[:1]:
+        mt = bench_multi_turn(cfg, params, scan, dtype)
+        mt.update(model=name, scan_layers=scan)
+        results.setdefault("multi_turn", []).append(mt)
+        print(json.dumps(mt), flush=True)
+    del params
+  _print_table(results)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+def _print_table(res):
+  print(f"\ndevice: {res['device']}  prompt {FLAGS.prompt_len}  new {FLAGS.new_tokens}  "
+        f"{FLAGS.dtype}  roofline at {FLAGS.bandwidth_tbs} TB/s"
+        + (f"  (measured copy {res['measured_copy_tbs']:.2f} TB/s)" if "measured_copy_tbs" in res else ""))
+  cols = ["decode_tok_s_scan1", "decode_tok_s_scan0", "e2e_tok_s_scan1", "e2e_tok_s_scan0",
+          "hf_tok_s", "roofline_tok_s"]
+  print(" ".join([f"{'model':>8}", f"{'batch':>5}"] + [f"{c:>18}" for c in
+                 ["decode scan", "decode unrolled", "e2e scan", "e2e unrolled", "transformers",
+                  "roofline"]] + [f"{'best/roof':>9}"]))
+  for r in res["rows"]:
+    best = max([v for k, v in r.items() if k.startswith("decode_tok_s")] or [0.0])
+    vals = [f"{r[c]:18.1f}" if isinstance(r.get(c), float) else f"{'-':>18}" for c in cols]
+    print(" ".join([f"{r['model']:>8}", f"{r['batch']:>5}"] + vals
+                   + [f"{100 * best / r['roofline_tok_s']:8.1f}%"]))
+    for k in ("hf_note",) + tuple(k for k in r if k.startswith("error")):
+      if r.get(k):
+        print(f"{'':>15}{k}: {r[k]}")
+  for mt in res.get("multi_turn", []):
+    print(f"multi-turn {mt['model']}: batch {mt['batch']}, {mt['turns']} searches/row, "
+          f"{mt['rounds']} retriever rounds, total {mt['total_s']:.2f}s, decode {mt['decode_s']:.2f}s, "
+          f"retrieve {mt['retrieve_s']:.2f}s, splice {mt['splice_s']:.2f}s, "
+          f"outside decode {100 * mt['outside_decode_share']:.1f}%")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,202 @@
+"""The rollout engine: jitted generation that pauses rows at a search call, retrieves once per
+round for all paused rows, splices the observations into the same KV cache and resumes them.
+
+Host loop (the device work is engine.py, the protocol rules are tools.py):
+  prefill the bucketed prompt batch
+  repeat until no row is active:
+    decode up to `chunk_steps` tokens per active row (one jitted while_loop; rows stop on their
+      own at EOS, a stop-tag id sequence or their length limit)
+    per row that ran: decode its current turn, apply the rules of tools.py
+    all search queries of this round -> ONE retriever call -> observations, tokenised with the
+      per-turn budget (never past the row's limit) -> one jitted splice for all those rows
+Compiled programs: prefill per prompt bucket, one decode, splice per tool bucket, one update; so
+a fixed config stops compiling after warm-up.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from masksearch_jax import protocol as proto
+from masksearch_jax.model.config import Qwen2Config
+from masksearch_jax.rollout import engine as eng
+from masksearch_jax.rollout import sampling, sharding, tools
+from masksearch_jax.rollout import types as T
+
+_DEVICE_REASON = {eng.R_EOS: T.EOS, eng.R_LENGTH: T.LENGTH, eng.R_STOP_IDS: "ids"}
+
+
+class Sampler:
+  """Generates `Rollout`s for batches of prompts. Params are passed per call (RL updates them).
+
+  tokenizer: any HF-style object with encode(text, add_special_tokens=...) and decode(ids, ...).
+  retriever: anything with `search(queries, k) -> list[list[Hit]]` (retrieval/types.py); needed
+    only when rollout.use_tools is on.
+  mesh: optional; rows are placed over its `data_axis` (batch size must divide evenly).
+  device_stops: off leaves stop detection to the host's text check alone (rows then run to the
+    end of their chunk and are rolled back); for tests and tokenizers whose tag ids are unreliable.
+  """
+
+  def __init__(self, cfg: Qwen2Config, tokenizer, sampling_cfg: T.SamplingConfig = T.SamplingConfig(),
+               rollout_cfg: T.RolloutConfig = T.RolloutConfig(), *, retriever=None,
+               protocol: proto.Protocol = proto.DEFAULT, compute_dtype=jnp.bfloat16,
+               cache_dtype=jnp.bfloat16, attn_impl: str = "xla", scan_layers: bool = True,
+               logits_hook: eng.LogitsHook | None = None, mesh=None, data_axis: str = "data",
+               device_stops: bool = True):
+    if rollout_cfg.use_tools and retriever is None:
+      raise ValueError("rollout_cfg.use_tools is on but no retriever was given")
+    self.cfg, self.tok, self.scfg, self.rcfg = cfg, tokenizer, sampling_cfg, rollout_cfg
+    self.retriever, self.protocol = retriever, protocol
+    self.mesh, self.data_axis = mesh, data_axis
+    stop_ids = tools.stop_id_sequences(tokenizer, rollout_cfg, protocol) if device_stops else ()
+    self.engine = eng.Engine(cfg, sampling_cfg, rollout_cfg, stop_ids, compute_dtype=compute_dtype,
+                             cache_dtype=cache_dtype, attn_impl=attn_impl, scan_layers=scan_layers,
+                             logits_hook=logits_hook,
+                             state_sharding=sharding.state_constraint(mesh, data_axis))
+
+  # ---- inputs --------------------------------------------------------------------------------
+  def _prompt_ids(self, prompts) -> list[list[int]]:
+    out = []
+    for i, p in enumerate(prompts):
+      ids = tools.encode(self.tok, p) if isinstance(p, str) else [int(t) for t in p]
+      if not ids:
+        raise ValueError(f"prompt {i} is empty after tokenisation")
+      bad = [t for t in ids if not 0 <= t < self.cfg.vocab_size]
+      if bad:
+        raise ValueError(f"prompt {i} has ids outside [0, {self.cfg.vocab_size}): {bad[:5]}")
+      out.append(ids)
+    return out
+
+  def _put(self, x: np.ndarray):
+    s = sharding.batch_sharding(self.mesh, self.data_axis)
+    return jax.device_put(x) if s is None else jax.device_put(x, s)
+
+  def start(self, params, prompts, seed: int | jax.Array = 0):
+    """Prefill only: (device state, prompt lengths). Exposed for benchmarks."""
+    ids = self._prompt_ids(prompts)
+    b = len(ids)
+    if b % sharding.data_size(self.mesh, self.data_axis):
+      raise ValueError(f"batch {b} does not divide over data axis of {self.mesh.shape}")
+    lens = np.array([len(x) for x in ids], np.int32)
+    width = self.rcfg.prompt_bucket(int(lens.max()))
+    arr = np.full((b, width), self.rcfg.pad_id, np.int32)
+    for i, x in enumerate(ids):
+      arr[i, :len(x)] = x
+    new = self.rcfg.max_new_tokens
+    limit = np.minimum(self.rcfg.max_len, lens + (new if new is not None else self.rcfg.max_len))
+    keys = np.asarray(sampling.row_keys(seed, b))
+    state = self.engine.prefill(params, self._put(arr), self._put(lens), self._put(limit.astype(np.int32)),
+                                self._put(keys))
+    return state, lens
+
+  # ---- the loop ------------------------------------------------------------------------------
+  def generate(self, params, prompts: Sequence[str] | Sequence[Sequence[int]],
+               seed: int | jax.Array = 0) -> T.Rollout:
+    t0 = time.perf_counter()
+    r, p = self.rcfg, self.protocol
+    state, plen = self.start(params, prompts, seed)
+    b = len(plen)
+    limit = np.asarray(state["limit"])
+    finish: list[str | None] = [None if plen[i] < limit[i] else T.LENGTH for i in range(b)]
+    turn_start = plen.copy()
+    checked = np.zeros(b, np.int64)        # turn tokens already searched for stop strings
+    turns = np.zeros(b, np.int32)
+    nsearch, nerr = np.zeros(b, np.int32), np.zeros(b, np.int32)
+    queries: list[list[str]] = [[] for _ in range(b)]
+    st = {"decode_s": 0.0, "retrieve_s": 0.0, "splice_s": 0.0, "chunks": 0, "rounds": 0}
+    jax.block_until_ready(state["length"])
+    st["prefill_s"] = time.perf_counter() - t0
+
+    while any(f is None for f in finish):
+      before = np.array(state["length"])
+      t = time.perf_counter()
+      state = self.engine.decode(params, state)
+      # Copies: on CPU device_get may alias buffers that the next call donates.
+      length, reason, dev_active, tokens = (np.array(x) for x in jax.device_get(
+          (state["length"], state["reason"], state["active"], state["tokens"])))
+      st["decode_s"] += time.perf_counter() - t
+      st["chunks"] += 1
+      rewind, active = length.copy(), np.array([f is None for f in finish])
+      if not (length[active] > before[active]).any():      # a bug, never a hang
+        raise RuntimeError(f"decode made no progress (chunk {st['chunks']}); lengths {length}")
+      feeds: dict[int, str] = {}         # row -> observation text
+      search_rows: list[int] = []
+      for i in np.flatnonzero(active):
+        d = tools.decide(self.tok, tokens[i, turn_start[i]:length[i]],
+                         _DEVICE_REASON.get(int(reason[i])), int(turns[i]), r, p,
+                         checked=int(checked[i]))
+        checked[i] = length[i] - turn_start[i]
+        if d.cut is not None:
+          rewind[i] = turn_start[i] + d.cut
+        if d.action == "finish":
+          finish[i], active[i] = d.reason, False
+        elif d.action == "search":
+          search_rows.append(i)
+          queries[i].append(d.query)
+        elif d.action == "error_obs":
+          feeds[i] = proto.format_error_observation(d.message, p)
+          nerr[i] += 1
+          turns[i] += 1
+      if search_rows:
+        t = time.perf_counter()
+        qs = [queries[i][-1] for i in search_rows]
+        hits, err = tools.call_retriever(self.retriever, qs, r.top_k_docs, r.retriever_timeout_s)
+        st["retrieve_s"] += time.perf_counter() - t
+        st["rounds"] += 1
+        for j, i in enumerate(search_rows):
+          turns[i] += 1
+          if err is None:
+            feeds[i] = proto.format_observation(hits[j], p)
+            nsearch[i] += 1
+          else:
+            feeds[i] = proto.format_error_observation(err, p)
+            nerr[i] += 1
+      if feeds:
+        t = time.perf_counter()
+        state = self._splice(params, state, feeds, rewind, active, tokens, limit, finish, turn_start)
+        checked[list(feeds)] = 0
+        st["splice_s"] += time.perf_counter() - t
+      elif (rewind != length).any() or (active != dev_active).any():
+        state = self.engine.update(state, self._put(rewind.astype(np.int32)), self._put(active))
+    return self._collect(state, plen, finish, nsearch, nerr, queries, st, t0)
+
+  def _splice(self, params, state, feeds, rewind, active, tokens, limit, finish, turn_start):
+    """Tokenises the observations within budget and runs one jitted splice for all of them."""
+    rows = sorted(feeds)
+    ids = {}
+    for i in rows:
+      budget = int(min(self.rcfg.max_tool_tokens, limit[i] - rewind[i]))
+      ids[i] = tools.observation_ids(self.tok, feeds[i], budget, self.protocol) if budget > 0 else []
+    width = next(w for w in self.rcfg.tool_buckets() if w >= 1 + max(len(x) for x in ids.values()))
+    b = tokens.shape[0]
+    feed = np.full((b, width), self.rcfg.pad_id, np.int32)
+    feed_len = np.zeros(b, np.int32)
+    for i in rows:
+      row = [int(tokens[i, rewind[i] - 1])] + ids[i]      # re-feed the closing tag's last token
+      feed[i, :len(row)] = row
+      feed_len[i] = len(row)
+      new_len = rewind[i] + len(ids[i])
+      turn_start[i] = new_len
+      if new_len >= limit[i]:                              # the observation filled the budget
+        finish[i], active[i] = T.LENGTH, False
+    return self.engine.splice(params, state, self._put(feed), self._put(feed_len),
+                              self._put(rewind.astype(np.int32)), self._put(active))
+
+  def _collect(self, state, plen, finish, nsearch, nerr, queries, st, t0) -> T.Rollout:
+    tokens, mask, lps, length = jax.device_get(
+        (state["tokens"], state["mask"], state["logprobs"], state["length"]))
+    live = np.arange(tokens.shape[1])[None, :] < length[:, None]
+    tokens = np.where(live, tokens, self.rcfg.pad_id).astype(np.int32)
+    mask = np.where(live, mask, 0).astype(np.int32)
+    lps = np.where(live & (mask == 1), lps, 0.0).astype(np.float32)
+    texts = [tools.safe_decode(self.tok, tokens[i, plen[i]:length[i]]) for i in range(len(plen))]
+    st["total_s"] = time.perf_counter() - t0
+    st["outside_decode_share"] = 1.0 - st["decode_s"] / max(st["total_s"], 1e-9)
+    return T.Rollout(tokens=tokens, loss_mask=mask, logprobs=lps, prompt_lengths=plen.astype(np.int32),
+                     lengths=length.astype(np.int32), num_searches=nsearch, num_tool_errors=nerr,
+                     queries=queries, finish_reason=[f or T.LENGTH for f in finish], texts=texts,
+                     stats=st)
