@@ -38,6 +38,11 @@ _LENGTH_UNIT = flags.DEFINE_enum("length_unit", "words", ["words", "chars"], "Sp
 _MIN_WORDS = flags.DEFINE_integer("min_words", 12, "Drop shorter paragraphs.")
 _SINGLE_NAMES = flags.DEFINE_bool("single_names", False,
                                   "Rule tagger also tags single capitalised words.")
+_TAGGER = flags.DEFINE_enum("tagger", "rule", ["rule", "llm"],
+                            "Span tagger: rule-based (no model) or an LLM prompted for spans.")
+_TAGGER_MODEL = flags.DEFINE_string(
+    "tagger_model", None, "For --tagger=llm: hf:/path/to/Qwen2.5 checkpoint (run through our "
+    "sampler) or openai:http://host:port (an OpenAI-compatible endpoint).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 _STATE: dict = {}
@@ -51,8 +56,12 @@ def _work(chunk: Sequence[passages.Paragraph]) -> tuple[int, list[tuple[int, str
   """Runs in a worker: (paragraph count, [(mask_num, json line)])."""
   tagger, cfg = _STATE["tagger"], _STATE["cfg"]
   lines = []
-  for par in chunk:
-    for rec in ramp.make_samples(par, tagger.tag(par.text, par.title), cfg):
+  if hasattr(tagger, "tag_batch"):      # model taggers: one batched generate call per chunk
+    tags = tagger.tag_batch([p.text for p in chunk], [p.title for p in chunk])
+  else:
+    tags = [tagger.tag(p.text, p.title) for p in chunk]
+  for par, par_tags in zip(chunk, tags):
+    for rec in ramp.make_samples(par, par_tags, cfg):
       lines.append((rec["mask_num"], json.dumps(rec, ensure_ascii=False)))
   return len(chunk), lines
 
@@ -114,9 +123,19 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--corpus and --out are required")
   cfg = ramp.RampConfig(seed=_SEED.value, min_masks=_MIN_MASKS.value, max_masks=_MAX_MASKS.value,
                         k_mode=_K_MODE.value, length_unit=_LENGTH_UNIT.value)
-  stats = build(_CORPUS.value, _OUT.value, tagger=spans.RuleTagger(single_names=_SINGLE_NAMES.value),
+  workers = _WORKERS.value
+  if _TAGGER.value == "llm":
+    if not _TAGGER_MODEL.value:
+      raise app.UsageError("--tagger=llm needs --tagger_model=hf:/dir or openai:http://host:port")
+    from masksearch_jax.agents import llm
+    gen = llm.make_generator(_TAGGER_MODEL.value)
+    tagger = spans.LLMTagger(generate=lambda prompts: list(gen.generate(prompts, max_new_tokens=256)))
+    workers = 1      # the model lives in this process; batching happens per chunk instead
+  else:
+    tagger = spans.RuleTagger(single_names=_SINGLE_NAMES.value)
+  stats = build(_CORPUS.value, _OUT.value, tagger=tagger,
                 cfg=cfg, pf=passages.ParagraphFilter(min_words=_MIN_WORDS.value),
-                layout=_LAYOUT.value, workers=_WORKERS.value, chunk_size=_CHUNK.value,
+                layout=_LAYOUT.value, workers=workers, chunk_size=_CHUNK.value,
                 max_paragraphs=_MAX_PARAGRAPHS.value, progress=_PROGRESS.value)
   logging.info("wrote %s: %s", _OUT.value, stats)
   print(json.dumps(stats))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from masksearch_jax.data import build_ramp, ramp, spans
+from masksearch_jax.data import build_ramp, passages, ramp, spans
 
 ROOT = Path(__file__).resolve().parents[2]
 HOTPOT = ROOT / ".." / "shared" / "data" / "hotpotqa_dev100" / "corpus.jsonl"
@@ -40,3 +40,28 @@ def test_cli_help():
   r = subprocess.run([sys.executable, "-m", "masksearch_jax.data.build_ramp", "--help"], cwd=ROOT,
                      capture_output=True, text=True, timeout=120)
   assert r.returncode in (0, 1) and "--corpus" in r.stdout  # absl exits 1 after --help
+
+
+def test_llm_tagger_batches_per_chunk_and_masks_only_returned_spans(tmp_path):
+  corpus = tmp_path / "c.jsonl"
+  corpus.write_text(json.dumps({"id": "1", "title": "Orvale", "text":
+      "Orvale is a harbour town founded by Mira Ostrand in 1712 on the Velt river, and the town "
+      "later became the seat of the Ostrand trading company for two centuries."}) + "\n")
+  calls = []
+
+  def fake_llm(prompts):          # what a model might answer: fenced JSON, one span not in text
+    calls.append(len(prompts))
+    return ['```json\n["Mira Ostrand", "1712", "Atlantis"]\n```' for _ in prompts]
+
+  stats = build_ramp.build([str(corpus)], tmp_path / "out", tagger=spans.LLMTagger(fake_llm),
+                           cfg=ramp.RampConfig(seed=0, min_masks=1, max_masks=2),
+                           pf=passages.ParagraphFilter(min_words=5))
+  assert calls == [1]                                  # one batched call for the chunk
+  recs = [json.loads(l) for l in (tmp_path / "out" / "ramp.jsonl").read_text().splitlines()]
+  assert stats["samples"] == len(recs) >= 1
+  for r in recs:
+    assert set(r["masks"]) <= {"Mira Ostrand", "1712"}  # the invented span is never masked
+    masked = r["answer"]
+    for m in r["masks"]:
+      masked = masked.replace(m, "[mask]", 1)
+    assert masked in r["query"] and masked != r["answer"]
