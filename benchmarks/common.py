@@ -9,6 +9,7 @@ from typing import Callable
 import jax
 
 from masksearch_jax.model.config import Qwen2Config
+from masksearch_jax.train import flops
 
 # H100 SXM datasheet dense bf16 peak (MFU is reported against this, as MaxText does) and the
 # copy bandwidth measured on the lent H100 (decode roofline).
@@ -17,12 +18,8 @@ HBM_BYTES_PER_S = {"gpu": 3.02e12}
 
 
 def train_flops_per_step(cfg: Qwen2Config, batch: int, seq: int) -> float:
-  """6·N·tokens (N counts the unembedding matmul, not the embedding lookup) + causal attention
-  (QKᵀ and PV: 2 matmuls × 2 flops × T²/2 × H·Dh per layer, ×3 for forward + backward)."""
-  n = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size)
-  tokens = batch * seq
-  attn = 3 * 2 * 2 * batch * (seq * seq / 2) * cfg.num_heads * cfg.dim_per_head * cfg.num_layers
-  return 6 * n * tokens + attn
+  """Model FLOPs of one training step: the trainer's own count (train/flops.py), times tokens."""
+  return flops.train_flops_per_token(cfg, seq) * batch * seq
 
 
 def time_fn(fn: Callable[[], object], warmup: int = 2, iters: int = 10) -> list[float]:

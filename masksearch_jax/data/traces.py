@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from masksearch_jax import tokenizer as tok_lib
+from masksearch_jax import jsonl, tokenizer as tok_lib
 from masksearch_jax.protocol import DEFAULT, Protocol
 
 
@@ -124,17 +124,14 @@ def write_jsonl(path: str | Path, traces: Iterable[Trace]) -> int:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[Trace]:
-  path = Path(path)
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+  try:
+    for p, lineno, obj in jsonl.iter_objects(path, what="trace file"):
       try:
-        yield Trace.from_json(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise TraceError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        yield Trace.from_json(obj)
       except ValueError as e:
-        raise TraceError(f"{path}:{lineno}: {e}") from None
+        raise TraceError(f"{p}:{lineno}: {e}") from None
+  except jsonl.JsonlError as e:
+    raise TraceError(str(e)) from None
 
 
 def read_jsonl(path: str | Path) -> list[Trace]:

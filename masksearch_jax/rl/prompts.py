@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from masksearch_jax import jsonl
 from masksearch_jax.data import ramp, traces
 from masksearch_jax.protocol import DEFAULT, Protocol
 
@@ -61,20 +62,10 @@ def load_examples(paths: Sequence[str | Path], protocol: Protocol = DEFAULT,
                   limit: int | None = None) -> list[dict]:
   out = []
   for path in paths:
-    path = Path(path)
-    if not path.exists():
-      raise FileNotFoundError(f"RL prompts: {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-      for lineno, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-        out.append(normalize(rec, f"{path}:{lineno}", protocol))
-        if limit and len(out) >= limit:
-          return out
+    for p, lineno, rec in jsonl.iter_objects(path, what="RL prompts:"):
+      out.append(normalize(rec, f"{p}:{lineno}", protocol))
+      if limit and len(out) >= limit:
+        return out
   if not out:
     raise ValueError(f"RL prompts: no examples in {[str(p) for p in paths]}")
   return out

@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from masksearch_jax import jsonl
+
 Series = dict[str, list[tuple[float, float]]]  # metric -> [(step, value)] in file order
 
 MAX_POINTS = 1000   # per curve: longer series are strided (bounded page size)
@@ -19,25 +21,15 @@ _SKIP = {"step", "time", "timestamp", "wall_time", "epoch_time"}
 
 def load_metrics(path: str | Path) -> Series:
   """Numeric fields per step; non-numeric fields and NaN/inf values are skipped."""
-  path = Path(path)
   series: Series = {}
-  with path.open(encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
+  for p, lineno, rec in jsonl.iter_objects(path, what="metrics log"):
+    step = rec.get("step", lineno)
+    if isinstance(step, bool) or not isinstance(step, (int, float)):
+      raise ValueError(f"{p}:{lineno}: field 'step' = {step!r} is not a number")
+    for key, val in rec.items():
+      if key in _SKIP or isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
         continue
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from e
-      if not isinstance(rec, dict):
-        raise ValueError(f"{path}:{lineno}: expected a JSON object")
-      step = rec.get("step", lineno)
-      if isinstance(step, bool) or not isinstance(step, (int, float)):
-        raise ValueError(f"{path}:{lineno}: field 'step' = {step!r} is not a number")
-      for key, val in rec.items():
-        if key in _SKIP or isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
-          continue
-        series.setdefault(key, []).append((float(step), float(val)))
+      series.setdefault(key, []).append((float(step), float(val)))
   return series
 
 
