@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
+from masksearch_jax import jsonl
 from masksearch_jax.retrieval import corpus as corpus_lib
 
 
@@ -79,23 +80,16 @@ def with_title(text: str, title: str, cfg: ParagraphFilter = ParagraphFilter()) 
 
 def read_kilt_pages(path: str | Path) -> Iterator[tuple[str, list[str]]]:
   """Yields (title, paragraphs) per KILT page line; errors name file and line."""
-  path = Path(path)
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise PassageError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-      if not isinstance(obj, dict):
-        raise PassageError(f"{path}:{lineno}: expected a JSON object")
+  try:
+    for p, lineno, obj in jsonl.iter_objects(path, what="KILT file"):
       title, paras = obj.get("wikipedia_title"), obj.get("text")
       if not isinstance(title, str):
-        raise PassageError(f"{path}:{lineno}: field 'wikipedia_title' missing or not a string")
-      if not isinstance(paras, list) or not all(isinstance(p, str) for p in paras):
-        raise PassageError(f"{path}:{lineno}: field 'text' must be a list of strings")
+        raise PassageError(f"{p}:{lineno}: field 'wikipedia_title' missing or not a string")
+      if not isinstance(paras, list) or not all(isinstance(x, str) for x in paras):
+        raise PassageError(f"{p}:{lineno}: field 'text' must be a list of strings")
       yield title, paras
+  except jsonl.JsonlError as e:
+    raise PassageError(str(e)) from None
 
 
 def detect_layout(path: str | Path) -> str:

@@ -267,13 +267,8 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
   if cfg.eval_every and not eval_examples:
     raise ValueError(f"eval_every={cfg.eval_every} needs eval_data (held-out QA files)")
   mcfg = sft.resolve_model(cfg, tokenizer)
-  mesh, param_sh, batch_sh = trainer.build_mesh_and_shardings(cfg, mcfg, devices)
-  tx, schedule = optim.make_optimizer(cfg.optim), optim.make_schedule(cfg.optim)
-  state, mgr, data_state = trainer.init_or_restore(cfg, mcfg, tx, mesh, param_sh)
-  shapes = jax.eval_shape(lambda: state.params)
-  state_sh = trainer.state_shardings(tx, shapes, param_sh, mesh)
-  step_fn = trainer.make_train_step(make_loss_fn(mcfg, cfg), tx, cfg.micro_batches, state_sh,
-                                    batch_sh, schedule)
+  mesh, param_sh, batch_sh, state, mgr, data_state, step_fn = trainer.setup(
+      cfg, mcfg, make_loss_fn(mcfg, cfg), devices)
   logp_fn = make_logp_fn(mcfg, cfg, param_sh, batch_sh)
   ref_params = jax.tree.map(jnp.copy, state.params) if cfg.dapo.kl_coef > 0 else None
   stream = prompts_lib.PromptStream(examples, _stream_curriculum(cfg), cfg.seed)

@@ -267,7 +267,7 @@ def train(cfg: TrainConfig, devices=None) -> dict:
   import time
   from absl import logging
   from masksearch_jax import tokenizer as tok_lib
-  from masksearch_jax.train import flops, metrics as metrics_lib, optim, trainer
+  from masksearch_jax.train import flops, metrics as metrics_lib, trainer
   from masksearch_jax.train.config import validate
 
   devices = list(devices or jax.devices())
@@ -277,13 +277,8 @@ def train(cfg: TrainConfig, devices=None) -> dict:
   tok_path = tokenizer_dir(cfg)
   tok = tok_lib.load(tok_path) if tok_path else None
   mcfg = resolve_model(cfg, tok)
-  mesh, param_sh, batch_sh = trainer.build_mesh_and_shardings(cfg, mcfg, devices)
-  tx, schedule = optim.make_optimizer(cfg.optim), optim.make_schedule(cfg.optim)
-  state, mgr, data_state = trainer.init_or_restore(cfg, mcfg, tx, mesh, param_sh)
-  shapes = jax.eval_shape(lambda: state.params)
-  state_sh = trainer.state_shardings(tx, shapes, param_sh, mesh)
-  step_fn = trainer.make_train_step(make_loss_fn(mcfg, cfg), tx, cfg.micro_batches, state_sh,
-                                    batch_sh, schedule)
+  mesh, param_sh, batch_sh, state, mgr, data_state, step_fn = trainer.setup(
+      cfg, mcfg, make_loss_fn(mcfg, cfg), devices)
   pad = tok_lib.pad_id(tok) if tok is not None else 0
   stream = DataStream(cfg, make_encode_fn(tok, mcfg.vocab_size), pad,
                       cfg.batch_size // jax.process_count())

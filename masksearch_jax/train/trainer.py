@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from absl import logging
 import jax
@@ -149,6 +149,28 @@ def init_or_restore(cfg: TrainConfig, model_cfg: Qwen2Config, tx: optax.Gradient
   state = state.replace(step=jax.device_put(state.step, state_sh.step),
                         rng=jax.device_put(state.rng, state_sh.rng))
   return state, mgr, None
+
+
+# ------------------------------------------------------------------------------ one-call set-up
+class Run(NamedTuple):
+  """Everything a training loop needs before its first step (SFT and RL build it the same way)."""
+  mesh: Mesh
+  param_sh: Any
+  batch_sh: Any
+  state: TrainState
+  mgr: ckpt.CheckpointManager
+  data_state: Any
+  step_fn: Callable
+
+
+def setup(cfg: TrainConfig, model_cfg: Qwen2Config, loss_fn: LossFn, devices=None) -> Run:
+  """Mesh + shardings, optimizer, init-or-restore, and the jitted update step, in that order."""
+  mesh, param_sh, batch_sh = build_mesh_and_shardings(cfg, model_cfg, devices)
+  tx, schedule = optim.make_optimizer(cfg.optim), optim.make_schedule(cfg.optim)
+  state, mgr, data_state = init_or_restore(cfg, model_cfg, tx, mesh, param_sh)
+  state_sh = state_shardings(tx, jax.eval_shape(lambda: state.params), param_sh, mesh)
+  step_fn = make_train_step(loss_fn, tx, cfg.micro_batches, state_sh, batch_sh, schedule)
+  return Run(mesh, param_sh, batch_sh, state, mgr, data_state, step_fn)
 
 
 # ------------------------------------------------------------------------------ the update step
