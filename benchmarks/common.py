@@ -1,8 +1,13 @@
 """Shared benchmark helpers: timing, FLOP counts, hardware peaks, table printing."""
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import json
+import os
 import statistics
+import tempfile
 import time
 from typing import Callable
 
@@ -49,3 +54,46 @@ def write_json(path: str | None, payload) -> None:
   if path:
     with open(path, "w") as f:
       json.dump(payload, f, indent=2, default=str)
+
+
+def classify(name: str) -> str:
+  n = name.lower()
+  if any(k in n for k in ("gemm", "cutlass", "matmul", "xmma", "sm90_", "nvjet", "cublas")):
+    return "gemm"
+  if any(k in n for k in ("fmha", "flash", "cudnn", "attention", "sdpa")):
+    return "attention"
+  if "memcpy" in n or "memset" in n or "copy" in n:
+    return "copy"
+  if "reduce" in n:
+    return "reduction"
+  if "fusion" in n or "loop" in n or "input" in n:
+    return "fusion"
+  return "other"
+
+
+def kernel_times(fn, steps: int):
+  """Profiles `steps` calls of fn (each blocked on) and returns (ms per call by kernel name,
+  ms per call by class, kernel launches per call) from the device streams of a Perfetto trace."""
+  d = tempfile.mkdtemp()
+  jax.profiler.start_trace(d, create_perfetto_trace=True)
+  for _ in range(steps):
+    jax.block_until_ready(fn())
+  jax.profiler.stop_trace()
+  path = glob.glob(os.path.join(d, "**", "*perfetto_trace.json.gz"), recursive=True)[0]
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  # Device streams: keep complete events on GPU stream threads (pid names contain /device:GPU).
+  pid_names = {e["pid"]: e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+  gpu_pids = {p for p, n in pid_names.items() if "gpu" in n.lower() and "host" not in n.lower()}
+  per_kernel, per_class, launches = collections.Counter(), collections.Counter(), 0
+  for e in events:
+    if e.get("ph") == "X" and e.get("pid") in gpu_pids:
+      dur = e.get("dur", 0) / 1e3 / steps                   # ms per call
+      per_kernel[e["name"]] += dur
+      per_class[classify(e["name"])] += dur
+      launches += 1
+  if not per_class:
+    print("no device kernel events; processes in trace:", sorted(set(pid_names.values()))[:20])
+  return per_kernel, per_class, launches / steps

@@ -41,6 +41,13 @@ _EVAL_N = flags.DEFINE_integer("eval_n", 64, "Held-out questions evaluated (test
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "DAPO steps between held-out evals (curve).")
 _SEQ = flags.DEFINE_integer("seq_len", 1024, "Rollout buffer / training length.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 640, "Cap on tokens after the prompt.")
+_SHARED = flags.DEFINE_string("shared", "", "World + SFT directory shared by several RL variants "
+                              "(default: WORKDIR). Run one variant first, then the others in "
+                              "parallel with the same --shared.")
+_METRIC = flags.DEFINE_enum("answer_metric", "recall", ["recall", "f1", "em"], "Answer reward.")
+_FORMAT_W = flags.DEFINE_float("format_weight", 0.5, "Weight of the strict-format reward.")
+_NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
+                                  "Answer reward only for well-formed responses.")
 
 
 class NoResults:
@@ -96,6 +103,8 @@ def rl_config(wdir: Path, sft_dir: Path, out: Path):
       gen_groups_per_round=_PROMPTS.value, mini_batches=_MINI.value,
       temperature=_TEMP.value, dynamic_sampling=_DYN.value, seq_len=_SEQ.value,
       max_new_tokens=_NEW.value,
+      reward=dict(format_weight=_FORMAT_W.value, answer_weight=1.0,
+                  answer_metric=_METRIC.value, answer_requires_format=_NEEDS_FORMAT.value),
       sampler_dtype="float32" if _SLICE.value == "cpu" else "bfloat16",
       export_hf_at_end=False, save_every=max(_RL_STEPS.value // 4, 1))
 
@@ -115,14 +124,15 @@ def main(argv: Sequence[str]) -> None:
   from masksearch_jax.rl import prompts
   from masksearch_jax.train import rl, sft, trainer
   work = Path(_WORKDIR.value)
-  wdir = work / "world"
+  shared = Path(_SHARED.value or work)
+  wdir = shared / "world"
   build_world(wdir)
-  sft_cfg = run_sft(wdir, work / "sft")
-  cfg = rl_config(wdir, work / "sft", work / "rl")
+  sft_cfg = run_sft(wdir, shared / "sft")
+  cfg = rl_config(wdir, shared / "sft", work / "rl")
   tok = tok_lib.load(wdir / "tokenizer")
   mcfg = sft.resolve_model(sft_cfg, tok)
   mesh, param_sh, _ = trainer.build_mesh_and_shardings(cfg, mcfg, jax.devices())
-  sft_params = trainer.load_params(str(work / "sft"), mcfg, param_sh)
+  sft_params = trainer.load_params(str(shared / "sft"), mcfg, param_sh)
   test = prompts.load_examples([wdir / "questions_test.jsonl"], limit=_EVAL_N.value)
   search = rl.open_retriever(cfg.retriever)
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params()}
