@@ -7,6 +7,8 @@ import gzip
 import json
 import os
 import statistics
+import zlib
+import re
 import tempfile
 import time
 from typing import Callable
@@ -14,6 +16,7 @@ from typing import Callable
 import jax
 
 from masksearch_jax.model.config import Qwen2Config
+from masksearch_jax.protocol import DEFAULT, Hit, Protocol
 from masksearch_jax.train import flops
 
 # H100 SXM datasheet dense bf16 peak (MFU is reported against this, as MaxText does) and the
@@ -97,3 +100,51 @@ def kernel_times(fn, steps: int):
   if not per_class:
     print("no device kernel events; processes in trace:", sorted(set(pid_names.values()))[:20])
   return per_kernel, per_class, launches / steps
+
+
+RESERVED_IDS = 16          # ids < 16: pad (0), the 8 protocol tags (1..8), eos (9); never free
+PAD_ID, EOS_ID = 0, 9
+ANSWER_IDS = (400, 401)    # row j of a group answers ANSWER_IDS[j % 2]; the gold is the first
+
+
+class SyntheticTokenizer:
+  """Word-level stand-in for benchmarks (no tokenizer files on the bench machine): tags are ids
+  1..8, other words hash into [16, V); id i >= 16 decodes to ' w<i>'. Has the few HF attributes
+  the sampler and RL paths read."""
+  pad_token_id, eos_token_id, eos_token, pad_token = PAD_ID, EOS_ID, None, None
+
+  def __init__(self, vocab: int, protocol: Protocol = DEFAULT):
+    self.vocab, self.tags = vocab, list(protocol.all_tags)
+    self.tag_id = {t: i + 1 for i, t in enumerate(self.tags)}
+    self._split = re.compile("(" + "|".join(re.escape(t) for t in self.tags) + ")")
+
+  def encode(self, text, add_special_tokens=False):
+    out = []
+    for part in self._split.split(text):
+      if part in self.tag_id:
+        out.append(self.tag_id[part])
+      else:
+        out += [RESERVED_IDS + zlib.crc32(w.encode()) % (self.vocab - RESERVED_IDS)
+                for w in part.split()]
+    return out
+
+  def decode(self, ids, **kw):
+    return "".join(self.tags[i - 1] if 1 <= i <= len(self.tags) else
+                   "" if i < RESERVED_IDS else f" w{i}" for i in ids)
+
+  def convert_tokens_to_ids(self, token):
+    return self.tag_id.get(token)                 # no <|im_end|>: stop_ids falls back to eos
+
+
+class StubRetriever:
+  """k hits of `words` words each after a fixed sleep (the observation is always cut to the
+  per-turn token budget when words x k exceeds it)."""
+
+  def __init__(self, latency_s: float, words: int = 200):
+    self.latency_s, self.words, self.calls = latency_s, words, 0
+
+  def search(self, queries, k):
+    time.sleep(self.latency_s)
+    self.calls += 1
+    text = " ".join(f"passage{j}" for j in range(self.words))
+    return [[Hit(str(j), f"title {j}", text, 1.0) for j in range(k)] for _ in queries]

@@ -30,7 +30,8 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
   from benchmarks import common
-  SyntheticTokenizer, roofline = sampler_bench.SyntheticTokenizer, sampler_bench.roofline
+  roofline = sampler_bench.roofline
+  from benchmarks.common import SyntheticTokenizer
   from masksearch_jax.model import config, qwen2
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T

@@ -18,12 +18,13 @@ import json
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 
 from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
+
+from benchmarks.common import StubRetriever, SyntheticTokenizer  # noqa: E402
 
 flags.DEFINE_list("models", ["0.5b", "1.5b"], "presets (model/config.py), e.g. 0.5b,1.5b,tiny")
 flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"], "batch sizes")
@@ -37,6 +38,7 @@ flags.DEFINE_bool("hf", True, "also time transformers generate (torch, same dtyp
 flags.DEFINE_list("hf_batch_sizes", [], "batch sizes for transformers (default: all)")
 flags.DEFINE_float("bandwidth_tbs", 3.02, "HBM copy bandwidth for the roofline (TB/s)")
 flags.DEFINE_bool("measure_bandwidth", True, "also measure copy bandwidth on this device")
+flags.DEFINE_bool("e2e", True, "also time end-to-end generate (a second compile per batch size)")
 flags.DEFINE_bool("multi_turn", True, "run the multi-turn case with a retriever stub")
 flags.DEFINE_integer("mt_batch", 64, "multi-turn batch size")
 flags.DEFINE_integer("mt_turns", 3, "searches per row in the multi-turn case")
@@ -49,40 +51,6 @@ flags.DEFINE_float("pause_exit_fraction", 0.0, "multi-turn: end a chunk once thi
 flags.DEFINE_string("json_out", "", "write all results as JSON here")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 FLAGS = flags.FLAGS
-
-
-class SyntheticTokenizer:
-  """Word-level stand-in (no tokenizer files on the bench machine): tags are ids 1..8, any other
-  word hashes into [16, V); id i decodes to ' w<i>'. Enough for the protocol's text rules."""
-
-  def __init__(self, vocab: int, protocol):
-    self.vocab, self.tags = vocab, list(protocol.all_tags)
-    self.tag_id = {t: i + 1 for i, t in enumerate(self.tags)}
-
-  def encode(self, text, add_special_tokens=False):
-    import re
-    out = []
-    for part in re.split("(" + "|".join(re.escape(t) for t in self.tags) + ")", text):
-      if part in self.tag_id:
-        out.append(self.tag_id[part])
-      else:
-        out += [16 + zlib.crc32(w.encode()) % (self.vocab - 16) for w in part.split()]
-    return out
-
-  def decode(self, ids, **kw):
-    return "".join(self.tags[i - 1] if 1 <= i <= len(self.tags) else f" w{i}" for i in ids)
-
-
-class StubRetriever:
-  def __init__(self, latency_s: float):
-    self.latency_s, self.calls = latency_s, 0
-
-  def search(self, queries, k):
-    from masksearch_jax.protocol import Hit
-    time.sleep(self.latency_s)
-    self.calls += 1
-    return [[Hit(str(j), f"title {j}", "passage text " * 40, 1.0) for j in range(k)]
-            for _ in queries]
 
 
 def _best(fn, repeats):
@@ -118,7 +86,7 @@ def bench_ours(cfg, params, batch, scan, dtype, rng):
   tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
   prompts = [list(rng.integers(16, cfg.vocab_size, P)) for _ in range(batch)]
   out = {}
-  for name, chunk in (("decode", N), ("e2e", FLAGS.chunk_steps)):
+  for name, chunk in (("decode", N), ("e2e", FLAGS.chunk_steps))[:2 if FLAGS.e2e else 1]:
     rcfg = T.RolloutConfig(max_len=P + N, max_new_tokens=N, prompt_buckets=(P,), chunk_steps=chunk,
                            use_tools=False)
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, compute_dtype=dtype,

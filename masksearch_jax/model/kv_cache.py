@@ -2,6 +2,7 @@
 
 Layout (stacked over layers, so the layer scan can index it):
   k, v: [layers, batch, max_len, kv_heads, head_dim]   (post-RoPE keys)
+  or, with per_layer=True (unrolled decode), lists of [batch, max_len, kv_heads, head_dim].
   end:  [batch] int32 — slots [0, end) hold real tokens of that sequence.
 A forward over new tokens [B, T] writes them at slots end[b] .. end[b]+T-1 and advances end[b] by
 the number of non-padding tokens (segment id != 0). Padding must therefore sit at the *tail* of a
@@ -18,7 +19,16 @@ from masksearch_jax.model.config import Qwen2Config
 Cache = dict
 
 
-def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16) -> Cache:
+def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16,
+               per_layer: bool = False) -> Cache:
+  """per_layer=True: k and v are lists of [batch, max_len, kv_heads, head_dim] arrays, one buffer
+  per layer, for unrolled decoding (each layer's scatter is then in place; slicing a stacked cache
+  inside the decode loop copies it). The scan path needs the stacked layout."""
+  if per_layer:
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+    return {"k": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+            "v": [jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],
+            "end": jnp.zeros((batch,), jnp.int32)}
   shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
           "end": jnp.zeros((batch,), jnp.int32)}

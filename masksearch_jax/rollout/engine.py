@@ -72,6 +72,7 @@ class Engine:
     self.stop_ids = tuple(tuple(int(t) for t in s) for s in stop_ids if s)
     self.cache_dtype, self.compute_dtype = cache_dtype, compute_dtype
     self.hook = logits_hook
+    self.scan_layers = scan_layers
     self._constrain = state_sharding or (lambda s: s)
     self._model = functools.partial(qwen2.apply, cfg=cfg, attn_impl=attn_impl,
                                     compute_dtype=compute_dtype, scan_layers=scan_layers)
@@ -84,6 +85,8 @@ class Engine:
   def _cast(self, params):
     """Weights in the compute dtype once per call, outside the decode loop: the model casts them
     anyway, and this way each step reads bf16 weights even when the params are f32 masters."""
+    if not self.scan_layers:        # per-layer buffers + fused projections (qwen2.decode_layout)
+      return qwen2.decode_layout(params, self.cfg, self.compute_dtype)
     cast = lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     return jax.tree.map(cast, params)
 
@@ -97,7 +100,7 @@ class Engine:
     params = self._cast(params)
     b, p = prompt.shape
     t = self.rcfg.max_len
-    cache = kv_cache.init_cache(self.cfg, b, t, self.cache_dtype)
+    cache = kv_cache.init_cache(self.cfg, b, t, self.cache_dtype, per_layer=not self.scan_layers)
     seg = (jnp.arange(p)[None, :] < prompt_len[:, None]).astype(jnp.int32)
     pos = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     h, cache = self._model(params, tokens=prompt, positions=pos, segment_ids=seg, cache=cache,

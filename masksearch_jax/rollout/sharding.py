@@ -12,9 +12,11 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def _batch_dim(path) -> int:
+def _batch_dim(path, x) -> int:
   keys = [getattr(k, "key", None) for k in path]
-  return 1 if ("cache" in keys and keys[-1] in ("k", "v")) else 0    # cache k/v: [L, B, ...]
+  if "cache" in keys and ("k" in keys or "v" in keys):
+    return x.ndim - 4            # stacked [L, B, S, K, Dh] -> 1; per-layer [B, S, K, Dh] -> 0
+  return 0
 
 
 def state_constraint(mesh: Mesh | None, data_axis: str = "data") -> Callable | None:
@@ -25,7 +27,7 @@ def state_constraint(mesh: Mesh | None, data_axis: str = "data") -> Callable | N
     raise ValueError(f"mesh axes {mesh.axis_names} have no data axis {data_axis!r}")
 
   def spec(path, x):
-    bd = _batch_dim(path)
+    bd = _batch_dim(path, x)
     dims = [P.UNCONSTRAINED] * x.ndim
     dims[bd] = data_axis
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*dims)))

@@ -74,7 +74,10 @@ def test_packed_segments_match_separate_hf_runs(model):
     start += n
 
 
-def test_kv_cache_decode_matches_full_forward(model):
+@pytest.mark.parametrize("decode_layout", [False, True])
+def test_kv_cache_decode_matches_full_forward(model, decode_layout):
+  """Stacked cache + stacked params (layer scan), and the sampler's unrolled form: per-layer
+  cache buffers + qwen2.decode_layout params (fused q/k/v and gate/up), against the full forward."""
   cfg, params, _ = model
   rng = np.random.default_rng(3)
   B, T, P = 3, 14, 6
@@ -83,9 +86,13 @@ def test_kv_cache_decode_matches_full_forward(model):
   # Ragged prefill: rows hold P, P-2, P-4 real prompt tokens (tail padding), then decode the rest.
   plen = np.array([P, P - 2, P - 4])
   seg = (np.arange(P)[None] < plen[:, None]).astype(np.int32)
-  cache = kv_cache.init_cache(cfg, B, 32, jnp.float32)
+  cache = kv_cache.init_cache(cfg, B, 32, jnp.float32, per_layer=decode_layout)
+  if decode_layout:
+    params = qwen2.decode_layout(params, cfg, jnp.float32)
+    assert isinstance(cache["k"], list) and "qkv" in params["layers"][0]
   step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
-                                                compute_dtype=jnp.float32))
+                                                compute_dtype=jnp.float32,
+                                                scan_layers=not decode_layout))
   logits, cache = step(params, jnp.asarray(tokens[:, :P]), jnp.asarray(seg), cache)
   np.testing.assert_array_equal(np.asarray(cache["end"]), plen)
   for b in range(B):

@@ -43,9 +43,11 @@ def _mesh_and_params(params):
   return mesh, dict(params, layers=layers)
 
 
-def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok, scan_layers):
   """Greedy tokens equal transformers generate for prompts of different lengths in one batch,
-  with rows over data=2 and the model over tensor=4 (one compile serves both checks)."""
+  with rows over data=2 and the model over tensor=4 (one compile serves both checks); with the
+  layer scan and with the unrolled per-layer decode layout."""
   torch = pytest.importorskip("torch")
   from tests.model import hf_reference
   if len(jax.devices()) < 8:
@@ -57,7 +59,8 @@ def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok
   new = 12
   rcfg = T.RolloutConfig(max_len=48, max_new_tokens=new, prompt_buckets=(16, 32), chunk_steps=5,
                          use_tools=False)
-  s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, mesh=mesh, **F32)
+  s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, mesh=mesh,
+                          scan_layers=scan_layers, **F32)
   out = s.generate(sharded, prompts)
   assert out.finish_reason == [T.LENGTH] * 4
 
@@ -79,7 +82,10 @@ def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok
   # The state really is split by rows over the data axis (2 rows per shard).
   state, _ = s.start(sharded, prompts)
   k = state["cache"]["k"]
-  assert k.sharding.shard_shape(k.shape)[1] == 2
+  if scan_layers:                                        # [L, B, S, K, Dh]
+    assert k.sharding.shard_shape(k.shape)[1] == 2
+  else:                                                  # per layer [B, S, K, Dh]
+    assert len(k) == cfg.num_layers and k[0].sharding.shard_shape(k[0].shape)[0] == 2
   assert state["tokens"].sharding.shard_shape(state["tokens"].shape)[0] == 2
   with pytest.raises(ValueError, match="divide"):
     s.generate(sharded, prompts[:3])
@@ -107,8 +113,9 @@ def _forced(script, mask_row):
   return (mask_row == 1) & (n < script.shape[0]) & (script[idx] >= 0)
 
 
-@pytest.mark.parametrize("device_stops,chunk,pause", [(True, 7, 0.3), (False, 5, 0.0)])
-def test_multi_turn_matches_teacher_forced(model, tok, device_stops, chunk, pause):
+@pytest.mark.parametrize("device_stops,chunk,pause,scan", [(True, 7, 0.3, True),
+                                                          (False, 5, 0.0, False)])
+def test_multi_turn_matches_teacher_forced(model, tok, device_stops, chunk, pause, scan):
   cfg, params = model
   temp = 0.8
   script = _script(tok, [["<search> capital </search>", 4, "<search> the river </search>"],
@@ -118,7 +125,8 @@ def test_multi_turn_matches_teacher_forced(model, tok, device_stops, chunk, paus
                          max_tool_tokens=24, top_k_docs=2, max_turns=3, pause_exit_fraction=pause)
   ret = fx.FakeRetriever()
   s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=temp), rcfg, retriever=ret,
-                          logits_hook=fx.script_hook(script), device_stops=device_stops, **F32)
+                          logits_hook=fx.script_hook(script), device_stops=device_stops,
+                          scan_layers=scan, **F32)
   out = s.generate(params, ["who wrote the book", "the capital of", "alpha beta"], seed=3)
   assert out.num_searches[0] == 2 and out.num_searches[2] >= 1
   assert out.queries[0] == ["capital", "the river"]
