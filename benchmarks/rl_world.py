@@ -46,6 +46,10 @@ _SHARED = flags.DEFINE_string("shared", "", "World + SFT directory shared by sev
                               "parallel with the same --shared.")
 _METRIC = flags.DEFINE_enum("answer_metric", "recall", ["recall", "f1", "em"], "Answer reward.")
 _FORMAT_W = flags.DEFINE_float("format_weight", 0.5, "Weight of the strict-format reward.")
+_SHORTCUT = flags.DEFINE_float(
+    "teacher_shortcut", 0.0, "Share of the 2-hop oracle traces rewritten so that the teacher "
+    "answers the bridge entity after ONE search (an imperfect teacher, as LLM teachers are): the "
+    "SFT model then tends to stop early on 2-hop questions; RL has to learn the second search.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")
 
@@ -68,8 +72,35 @@ def build_world(wdir: Path) -> None:
     retriever = world_search.LexicalRetriever.from_jsonl(wdir / "corpus.jsonl")
     items = [json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()]
     got, stats = oracle.generate(items, retriever)
+    if _SHORTCUT.value > 0:
+      got, stats["shortcut_traces"] = shortcut_traces(got, items, _SHORTCUT.value)
     traces.write_jsonl(wdir / "traces.jsonl", got)
     print("oracle traces:", stats, flush=True)
+  test = [json.loads(l) for l in (wdir / "questions_test.jsonl").read_text().splitlines()]
+  for kind in ("1hop", "2hop"):
+    (wdir / f"questions_test_{kind}.jsonl").write_text(
+        "".join(json.dumps(q) + "\n" for q in test if q.get("type") == kind))
+
+
+_MARK = " Now I need to find"
+
+
+def shortcut_traces(got: list, items: list[dict], share: float, seed: int = 0):
+  """Rewrites `share` of the 2-hop traces: after the first search the teacher concludes with the
+  bridge entity (hop 1's answer) instead of searching for hop 2. Returns (traces, count)."""
+  import dataclasses
+  import random
+  bridge = {it["id"]: it["hops"][0]["answer"] for it in items if it.get("type") == "2hop"}
+  rng, out, n = random.Random(seed), [], 0
+  for t in got:
+    b = bridge.get(t.meta.get("id"))
+    cut = t.response.find(_MARK)
+    if b is not None and cut > 0 and rng.random() < share:
+      t = dataclasses.replace(t, response=t.response[:cut] + f" So the answer is {b}.</think>\n"
+                              f"<answer> {b} </answer>", meta={**t.meta, "shortcut": True})
+      n += 1
+    out.append(t)
+  return out, n
 
 
 def run_sft(wdir: Path, out: Path):
@@ -134,11 +165,16 @@ def main(argv: Sequence[str]) -> None:
   mesh, param_sh, _ = trainer.build_mesh_and_shardings(cfg, mcfg, jax.devices())
   sft_params = trainer.load_params(str(shared / "sft"), mcfg, param_sh)
   test = prompts.load_examples([wdir / "questions_test.jsonl"], limit=_EVAL_N.value)
+  by_type = {k: prompts.load_examples([wdir / f"questions_test_{k}.jsonl"])
+             for k in ("1hop", "2hop")}
   search = rl.open_retriever(cfg.retriever)
-  results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params()}
+  results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
+             "teacher_shortcut": _SHORTCUT.value}
   t = time.perf_counter()
   results["a_sft_no_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, NoResults())
   results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)
+  for k, exs in by_type.items():
+    results[f"b_sft_search_{k}"] = evaluate(cfg, sft_params, mcfg, tok, mesh, exs, search)
   print(f"SFT evals in {time.perf_counter() - t:.0f}s: {results}", flush=True)
   del sft_params
   t = time.perf_counter()
@@ -147,6 +183,9 @@ def main(argv: Sequence[str]) -> None:
   results["c_sft_dapo_search"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, test, search)
   results["c_sft_dapo_no_search"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, test,
                                              NoResults())
+  for k, exs in by_type.items():
+    results[f"c_sft_dapo_search_{k}"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, exs,
+                                                 search)
   curve = [json.loads(l) for l in (work / "rl" / "metrics.jsonl").read_text().splitlines()]
   results["rl_curve"] = [{k: r[k] for k in ("step", "reward/total", "accuracy", "eval/accuracy")
                           if k in r} for r in curve]
@@ -155,7 +194,11 @@ def main(argv: Sequence[str]) -> None:
   print(f"{'model':34s} {'accuracy':>9s} {'format':>7s} {'searches':>9s}")
   for name, key in (("(a) SFT, no search", "a_sft_no_search"), ("(b) SFT, search", "b_sft_search"),
                     ("(c) SFT + DAPO, search", "c_sft_dapo_search"),
-                    ("    SFT + DAPO, no search", "c_sft_dapo_no_search")):
+                    ("    SFT + DAPO, no search", "c_sft_dapo_no_search"),
+                    ("(b) SFT, search: 1-hop only", "b_sft_search_1hop"),
+                    ("(b) SFT, search: 2-hop only", "b_sft_search_2hop"),
+                    ("(c) SFT + DAPO, search: 1-hop only", "c_sft_dapo_search_1hop"),
+                    ("(c) SFT + DAPO, search: 2-hop only", "c_sft_dapo_search_2hop")):
     r = results[key]
     print(f"{name:34s} {r['accuracy']:9.3f} {r['format']:7.3f} {r['searches']:9.2f}")
   print(f"training-prompt reward: step 1 {curve[0]['reward/total']:.3f} -> step "

@@ -86,7 +86,7 @@ def task_from_record(rec: dict, index: int, protocol: Protocol = DEFAULT) -> Tas
   if not isinstance(q, str) or not q.strip():
     raise ValueError(f"record #{index} ({rid}): needs a non-empty string 'question' (QA) or "
                      f"'query' + 'masks' (RAMP); fields found: {sorted(rec)}")
-  gold = rewards._as_gold(rec, index)  # pylint: disable=protected-access
+  gold = rewards.as_gold(rec, index)
   return Task(rid, "qa", q.strip(), traces.question_prompt(q.strip(), protocol),
               rewards.Gold(answers=gold.answers, question=q.strip()), q.strip())
 

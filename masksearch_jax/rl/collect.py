@@ -45,7 +45,7 @@ def accuracy(texts: Sequence[str], golds: Sequence[Any], protocol) -> np.ndarray
   RAMP every mask in order; 0.0 otherwise (no answer tag included)."""
   out = np.zeros(len(texts), np.float32)
   for i, (t, g) in enumerate(zip(texts, golds)):
-    gold = rewards._as_gold(g, i)  # pylint: disable=protected-access
+    gold = rewards.as_gold(g, i)
     out[i] = float(rewards.answer_score(protocol.extract_answer(t), gold, _EM) == 1.0)
   return out
 

@@ -40,7 +40,8 @@ from masksearch_jax.eval import metrics
 from masksearch_jax.protocol import DEFAULT, Protocol
 from masksearch_jax.rl.dapo import overlong_penalty
 
-__all__ = ["FormatResult", "check_format", "length_penalty_factor", "answer_score", "Gold", "Judge",
+__all__ = ["FormatResult", "check_format", "length_penalty_factor", "answer_score", "Gold",
+           "as_gold", "Judge",
            "LMJudge", "parse_verdict", "RewardConfig", "compute_rewards"]
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class Gold:
     return list(self.masks) if self.masks else list(self.answers)
 
 
-def _as_gold(g: Any, index: int) -> Gold:
+def as_gold(g: Any, index: int) -> Gold:
   """Accepts a str, a list of str, or an Example mapping with `masks` or `gold_answers`."""
   if isinstance(g, Gold):
     return g
@@ -312,7 +313,7 @@ def compute_rewards(responses: Sequence[str], golds: Sequence[Any], cfg: RewardC
     raise ValueError(f"compute_rewards: {n} responses but {len(questions)} questions")
   if cfg.judge_weight and judge is None:
     raise ValueError("compute_rewards: RewardConfig.judge_weight > 0 but no judge was given")
-  gs = [_as_gold(g, i) for i, g in enumerate(golds)]
+  gs = [as_gold(g, i) for i, g in enumerate(golds)]
   fmt = np.zeros(n, np.float32)
   ans = np.zeros(n, np.float32)
   searches = np.zeros(n, np.float32)

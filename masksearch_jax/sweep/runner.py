@@ -8,6 +8,7 @@ stage writes `<run_dir>/FAILED` and the sweep moves on to the next cell (or stop
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import shlex
 import subprocess
@@ -72,8 +73,21 @@ def _run_stages(stages: Sequence[Stage], run_dir: Path, label: str, cwd: str | P
 
 def run_setup(stages: Sequence[Stage], root: str | Path, cwd: str | Path | None = None,
               timeout_s: float | None = None) -> str | None:
-  """The once-per-sweep stages (markers under <root>/_setup); returns an error message or None."""
-  return _run_stages(stages, Path(root) / "_setup", "setup", cwd, timeout_s) if stages else None
+  """The once-per-sweep stages (markers under <root>/_setup); returns an error message or None.
+
+  Holds an exclusive lock on <root>/_setup/.lock meanwhile, so sweep processes started side by
+  side (several `--only` slices on one machine) run each setup stage once: the others wait, then
+  find its marker."""
+  if not stages:
+    return None
+  setup_dir = Path(root) / "_setup"
+  setup_dir.mkdir(parents=True, exist_ok=True)
+  with (setup_dir / ".lock").open("a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      return _run_stages(stages, setup_dir, "setup", cwd, timeout_s)
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_cell(cell: Cell, cwd: str | Path | None = None, timeout_s: float | None = None) -> CellResult:

@@ -96,11 +96,14 @@ def _fields(cls) -> dict[str, tuple[Any, Any]]:
   return out
 
 
-def _nested(cls) -> dict[str, str]:
-  """flat sub-field name -> the nested dataclass field holding it (e.g. learning_rate -> optim)."""
+def _nested(cls) -> set[str]:
+  """Names of the nested dataclass fields at any depth (optim, reward, reward.protocol, ...)."""
   hints = typing.get_type_hints(cls)
-  return {sub.name: f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])
-          for sub in dataclasses.fields(hints[f.name])}
+  out = set()
+  for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(hints[f.name]):
+      out |= {f.name} | _nested(hints[f.name])
+  return out
 
 
 def parse_value(name: str, typ: Any, value: Any) -> Any:
@@ -158,7 +161,7 @@ def _flatten(d: Mapping[str, Any], cls, source: str) -> dict[str, Any]:
   known, nested = _fields(cls), _nested(cls)
   out = {}
   for k, v in d.items():
-    if k in set(nested.values()) and isinstance(v, Mapping):
+    if k in nested and isinstance(v, Mapping):
       out.update(_flatten(v, cls, source))
     elif dataclasses.is_dataclass(v) and not isinstance(v, type):
       out.update({f.name: getattr(v, f.name) for f in dataclasses.fields(v)})
@@ -170,16 +173,30 @@ def _flatten(d: Mapping[str, Any], cls, source: str) -> dict[str, Any]:
 
 
 def build_config(values: Mapping[str, Any], cls=None):
-  """Flat {field: value} -> cls (nested dataclasses rebuilt), every value parsed by type."""
+  """Flat {field: value} -> cls, every value parsed by type. Nested dataclasses (at any depth, e.g.
+  RLConfig.reward.protocol) are rebuilt from their field's own default (RLConfig's optim default
+  differs from OptimConfig()), with the given sub-fields replaced."""
   cls = cls or TrainConfig
-  known, nested = _fields(cls), _nested(cls)
+  known = _fields(cls)
   parsed = {k: parse_value(k, known[k][0], v) for k, v in values.items()}
+  return _rebuild(cls, None, parsed)
+
+
+def _rebuild(cls, base, parsed: Mapping[str, Any]):
   hints = typing.get_type_hints(cls)
-  kw = {k: v for k, v in parsed.items() if k not in nested}
+  kw = {}
   for f in dataclasses.fields(cls):
-    if dataclasses.is_dataclass(hints[f.name]):
-      sub = {k: v for k, v in parsed.items() if nested.get(k) == f.name}
-      kw[f.name] = hints[f.name](**sub)
+    t = hints[f.name]
+    if dataclasses.is_dataclass(t):
+      names = set(_fields(t))
+      sub = {k: v for k, v in parsed.items() if k in names}
+      default = getattr(base, f.name) if base is not None else (
+          f.default if f.default is not dataclasses.MISSING else t())
+      kw[f.name] = _rebuild(t, default, sub) if sub else default
+    elif f.name in parsed:
+      kw[f.name] = parsed[f.name]
+  if base is not None:
+    return dataclasses.replace(base, **kw)
   return cls(**kw)
 
 

@@ -69,7 +69,7 @@ def test_real_search_r1_trajectory_is_not_strict():
 # ----------------------------------------------------------------------------- answer
 
 def _score(answer, gold, **kw):
-  return rw.answer_score(answer, rw._as_gold(gold, 0), rw.RewardConfig(**kw))
+  return rw.answer_score(answer, rw.as_gold(gold, 0), rw.RewardConfig(**kw))
 
 
 def test_recall_and_length_penalty_hand_worked():

@@ -10,6 +10,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,22 @@ def test_local_run_resume_and_collect(tmp_path, monkeypatch):
     assert p.stat().st_size > 1000
   assert (tmp_path / "plots" / "scaling_model_size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert "RAMP-RL→RL" in (tmp_path / "plots" / "scaling_model_size.svg").read_text()
+
+
+def test_setup_runs_once_under_concurrent_sweeps(tmp_path):
+  # Two sweep processes started side by side (--only slices) share one setup: the second waits on
+  # the lock, then finds the marker. Without the lock both would see no marker and run it.
+  calls = tmp_path / "calls.txt"
+  prep = grid.Stage("prep", f"{sys.executable} -S -c \"import sys, time; time.sleep(0.5); "
+                            f"open(sys.argv[1], 'a').write('prep' + chr(10))\" {calls}")
+  errs = []
+  threads = [threading.Thread(target=lambda: errs.append(runner.run_setup([prep], tmp_path / "r")))
+             for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert errs == [None, None] and calls.read_text() == "prep\n"
 
 
 def test_collect_missing_and_bad_summary(tmp_path):

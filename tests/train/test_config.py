@@ -104,3 +104,17 @@ def test_model_files_are_the_published_sizes():
   run = config_lib.load_config(str(ROOT / "configs" / "sft_world.py"))
   config_lib.validate(run, 1)
   assert run.optim.total_steps == run.steps
+
+
+def test_two_level_nested_fields_and_field_defaults():
+  """RLConfig.reward.protocol fields are flags too, and a nested config keeps its field's own
+  default (RLConfig's optimizer: lr 1e-6, constant) where nothing overrides it."""
+  from masksearch_jax.train.rl import RLConfig
+  cfg = config_lib.load_config(cls=RLConfig, think_open="<t>", answer_metric="f1")
+  assert cfg.reward.protocol.think_open == "<t>" and cfg.reward.answer_metric == "f1"
+  assert cfg.reward.protocol.answer_open == "<answer>"
+  assert (cfg.optim.learning_rate, cfg.optim.schedule) == (1e-6, "constant")
+  cfg = config_lib.load_config(cls=RLConfig, learning_rate=1e-5,
+                               reward=dict(protocol=dict(answer_open="<a>")))
+  assert (cfg.optim.learning_rate, cfg.optim.schedule, cfg.optim.weight_decay) == (1e-5, "constant", 0.0)
+  assert cfg.reward.protocol.answer_open == "<a>"
