@@ -60,8 +60,8 @@ class DemoConfig:
   eval_sets: tuple[str, ...] = ()  # name=path; default: the world's held-out questions
   retriever: str = "dense"         # dense (MiniLM + index) | lexical (BM25) | http://... service
   index_backend: str = "scann"     # scann | exact
-  sft_questions: int = 300         # world train questions turned into oracle traces
-  sft_ramp: int = 100              # RAMP records turned into oracle traces
+  sft_questions: int = 800         # world train questions turned into oracle traces (all: 802)
+  sft_ramp: int = 30               # RAMP records turned into oracle traces (few: QA is scored)
   # model and training
   model: str = "tiny"              # preset, configs/models name (tiny_2l, 0_5b, ...) or HF dir
   init_from_hf: str = ""
@@ -69,16 +69,16 @@ class DemoConfig:
   num_devices: int = 0             # first N local devices for training (0 = all)
   compute_dtype: str = "float32"   # CPUs have no fast bf16
   seq_len: int = 1024
-  sft_steps: int = 100
-  sft_batch: int = 8
-  sft_lr: float = 3e-3
-  rl_steps: int = 3
+  sft_steps: int = 480
+  sft_batch: int = 4               # small batches, many steps: more learning per CPU second
+  sft_lr: float = 1e-2
+  rl_steps: int = 2
   rl_batch: int = 16
   group_size: int = 4
   rl_lr: float = 1e-4
-  max_new_tokens: int = 384
+  max_new_tokens: int = 768        # a 2-hop answer takes ~500-750 tokens (with the <information>)
   # evaluation
-  eval_limit: int = 32
+  eval_limit: int = 64
   eval_batch: int = 16
   seed: int = 0
 

@@ -52,14 +52,14 @@ SWEEP = dict(
                  "--steps={sft_steps} --workdir={run_dir}/pretrain"),
         dict(name="pretrain", when=dict(pretrain="ramp_rl"),
              cmd="{python} -m masksearch_jax.train_rl --model={model} --init_from_hf={data}/hf/{model} "
-                 "--prompts={data}/ramp/ramp.jsonl --max_examples={data_size} --curriculum={curriculum} "
-                 "--steps={ramp_rl_steps} --index={data}/index --workdir={run_dir}/pretrain"),
+                 "--data={data}/ramp/ramp.jsonl --max_examples={data_size} --curriculum={curriculum} "
+                 "--steps={ramp_rl_steps} --retriever={data}/index --workdir={run_dir}/pretrain"),
         dict(name="posttrain", when=dict(posttrain="sft"),
              cmd="{python} -m masksearch_jax.train_sft --model={model} {init} --data={data}/traces/train.jsonl "
                  "--steps={sft_steps} --workdir={run_dir}/posttrain"),
         dict(name="posttrain", when=dict(posttrain="rl"),
-             cmd="{python} -m masksearch_jax.train_rl --model={model} {init} --prompts={data}/rl/train.jsonl "
-                 "--steps={rl_steps} --index={data}/index --workdir={run_dir}/posttrain"),
+             cmd="{python} -m masksearch_jax.train_rl --model={model} {init} --data={data}/rl/train.jsonl "
+                 "--steps={rl_steps} --retriever={data}/index --workdir={run_dir}/posttrain"),
         dict(name="eval",
              cmd="{python} -m masksearch_jax.evaluate --checkpoint={run_dir}/posttrain --index={data}/index "
                  "--eval_sets={eval_sets},{ramp_eval_sets} --out={run_dir}/eval"),

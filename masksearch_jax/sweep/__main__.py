@@ -6,6 +6,8 @@ r"""Scaling-study sweeps: expand a grid, run or resume its cells, collect the ta
       --root=gs://bucket/sweeps/paper > run_paper.sh                                  # TPU commands
   python -m masksearch_jax.sweep --sweep=configs/sweeps/tiny_world.py --mode=collect  # table + plots
 
+Cells run one after the other; to use a big accelerator on small cells, start several processes
+with disjoint --only regexes side by side (the setup stages run once, under a lock in <root>/_setup).
 Local runs write <root>/results.md, results.csv and the figures (PNG + SVG) into <root>.
 --mode=collect reads local summaries only: after a TPU sweep, copy the run directories down first
 (`gcloud storage rsync -r gs://bucket/sweeps/paper runs/sweeps/paper`) and pass --root=runs/sweeps/paper.

@@ -13,7 +13,7 @@ from pathlib import Path
 from masksearch_jax.sweep import grid
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = ("tiny_world", "tiny_world_gpu")
+CONFIGS = ("tiny_world", "tiny_world_gpu", "paper")
 
 
 def _commands() -> list[tuple[str, str, list[str]]]:
