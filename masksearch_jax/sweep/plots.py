@@ -108,6 +108,24 @@ def _save(fig, out_dir: Path, stem: str) -> list[Path]:
   return paths
 
 
+def _human(x: float) -> str:
+  for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+    if x >= div:
+      return f"{x / div:g}{unit}"
+  return f"{x:g}"
+
+
+def _log_ticks(ax, xs: Sequence[float], fmt) -> None:
+  """Log x axis labelled at the measured points only (matplotlib's minor log labels overlap when
+  the points span less than a decade)."""
+  from matplotlib.ticker import NullFormatter, NullLocator  # pylint: disable=g-import-not-at-top
+  xs = sorted(set(xs))
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_locator(NullLocator())
+  ax.xaxis.set_minor_formatter(NullFormatter())
+  ax.set_xticks(xs, [fmt(x) for x in xs])
+
+
 def draw_all(rows: Sequence[Row], axes: Mapping[str, Sequence[Any]], out_dir: str | Path, metric: str = "recall",
              model_params: Mapping[str, float] | None = None) -> list[Path]:
   """Writes the three figures (those whose axes exist and have data); returns the file paths."""
@@ -124,7 +142,7 @@ def draw_all(rows: Sequence[Row], axes: Mapping[str, Sequence[Any]], out_dir: st
     for meth, pts in sorted(ms.items()):
       ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=meth)
     if model_params and all(m in model_params for m in axes["model"]):
-      ax.set_xscale("log")
+      _log_ticks(ax, [p[0] for pts in ms.values() for p in pts], _human)
       ax.set_xlabel("parameters")
     else:
       ax.set_xticks(range(len(axes["model"])), [str(m) for m in axes["model"]])
@@ -143,7 +161,7 @@ def draw_all(rows: Sequence[Row], axes: Mapping[str, Sequence[Any]], out_dir: st
       ax = fig.add_subplot(1, len(ds), i + 1)
       for meth, pts in sorted(by_method.items()):
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=meth)
-      ax.set_xscale("log")
+      _log_ticks(ax, [p[0] for pts in by_method.values() for p in pts], lambda x: f"{x:g}")
       ax.set_xlabel("RAMP examples")
       ax.set_ylabel(ylabel)
       ax.set_title(f"score vs RAMP data size ({model})")
