@@ -20,11 +20,17 @@ Stages (each writes under --workdir; an earlier run's stages move to previous_ru
 The exported model is then reloaded with transformers (AutoModelForCausalLM + AutoTokenizer) to
 generate one answer, which the report prints next to whether our sampler's greedy tokens agree.
 
-Measured (2-core shared CPU VM, nice -n 10): default flags 406 s wall (SFT 283 s of it). On CPU
-the tiny model only starts to learn the protocol: after 100 SFT steps (loss ~2.1) greedy decoding
-still loops; with --sft_steps=200 (loss ~1.2, 894 s on a busier machine) it thinks and searches
-(1.0 search per question) but does not yet answer, so held-out scores stay 0 at this budget.
-Scale up by flags (--model=tiny_4l --sft_steps=600 --rl_steps=50 on a GPU) for learning curves.
+Measured on an idle 2-core VM (2026-11-25, default flags, `python -m masksearch_jax.demo`):
+694 s (11.6 min) wall, rc 0 -- dense index 14 s, oracle traces 21 s (822 of 830 accepted), SFT 400
+steps 536 s (1.2-1.3 s a step, batch 4 x 1024, lr 1e-2: the loss falls from 7.1 to ~0.5), DAPO 2
+steps 56 s, three evals 54 s, HF reload 4 s. The tiny model then follows the protocol (thinks,
+searches ~1.4 times a question, answers inside the tags) but does NOT yet answer: held-out EM is
+0-1.6% with search and 0-1.6% closed book (n = 64) in the runs made. Its queries carry names it
+memorised rather than names copied from the question or the passages, and copying needs more
+tokens than a CPU trains in minutes (tiny_4l on a GPU: 0% after ~2M tokens, 20-43% after ~5M; the
+GPU sweep in docs/sweeps/ shows RAMP pre-training lifting world QA recall from 5-9 to ~40). Earlier
+defaults (100 steps of batch 8 at lr 3e-3, 384 new tokens, which cut every 2-hop answer) took 7 min
+and only looped. Scale up by flags (--model=tiny_4l --sft_steps=600 --rl_steps=50 on a GPU).
 """
 from __future__ import annotations
 
@@ -69,7 +75,7 @@ class DemoConfig:
   num_devices: int = 0             # first N local devices for training (0 = all)
   compute_dtype: str = "float32"   # CPUs have no fast bf16
   seq_len: int = 1024
-  sft_steps: int = 480
+  sft_steps: int = 400
   sft_batch: int = 4               # small batches, many steps: more learning per CPU second
   sft_lr: float = 1e-2
   rl_steps: int = 2
