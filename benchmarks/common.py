@@ -148,3 +148,12 @@ class StubRetriever:
     self.calls += 1
     text = " ".join(f"passage{j}" for j in range(self.words))
     return [[Hit(str(j), f"title {j}", text, 1.0) for j in range(k)] for _ in queries]
+
+
+def print_kernels(per_class, per_kernel, top: int, scale: float = 1.0, unit: str = "ms") -> None:
+  """The kernel_times breakdown: classes with their share, then the `top` kernels; times x scale."""
+  total = max(sum(per_class.values()), 1e-9)
+  for k, v in per_class.most_common():
+    print(f"  {k:10s} {v * scale:8.1f} {unit}  {100 * v / total:5.1f}%")
+  for k, v in per_kernel.most_common(top):
+    print(f"  {v * scale:8.2f} {unit}  {k[:110]}")

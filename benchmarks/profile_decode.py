@@ -72,10 +72,7 @@ def main(argv):
     print(f"\nbatch {b}: {wall:.3f} ms/step wall ({b / wall * 1e3:,.0f} tok/s), kernels "
           f"{kern:.3f} ms/step, {launches / N:.0f} launches/step, roofline {roof:.3f} ms/step "
           f"({100 * roof / wall:.0f}% of wall)")
-    for k, v in per_class.most_common():
-      print(f"  {k:10s} {v / N * 1e3:8.1f} us/step  {100 * v / max(sum(per_class.values()), 1e-9):5.1f}%")
-    for k, v in per_kernel.most_common(_TOP.value):
-      print(f"  {v / N * 1e3:8.1f} us/step  {k[:110]}")
+    common.print_kernels(per_class, per_kernel, _TOP.value, scale=1e3 / N, unit="us/step")
 
 
 if __name__ == "__main__":

@@ -40,10 +40,7 @@ def main(argv):
   total = sum(per_class.values())
   flops = common.train_flops_per_step(cfg, batch, forward._SEQ.value)
   print(f"step {t * 1e3:.1f} ms wall, {total:.1f} ms kernel time, MFU {100 * flops / t / 989e12:.1f}%")
-  for k, v in per_class.most_common():
-    print(f"  {k:10s} {v:8.1f} ms  {100 * v / max(total, 1e-9):5.1f}%")
-  for k, v in per_kernel.most_common(_TOP.value):
-    print(f"  {v:8.2f} ms  {k[:110]}")
+  common.print_kernels(per_class, per_kernel, _TOP.value)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
 
-from benchmarks import dapo_step  # noqa: E402
+from benchmarks import common, dapo_step  # noqa: E402
 from masksearch_jax.model import qwen2
 from masksearch_jax.train import config as config_lib
 from masksearch_jax.train import flops, optim, sft, trainer
@@ -175,14 +175,6 @@ def _failed(name: str, kind: str, e: Exception, col: str) -> dict:
           f"{' '.join(str(e).split())[:160]}"}
 
 
-def _table(rows: list[dict], cols: list[str]) -> None:
-  widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-  print(" | ".join(c.ljust(widths[c]) for c in cols))
-  print("-|-".join("-" * widths[c] for c in cols))
-  for r in rows:
-    print(" | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
-
-
 SFT_COLS = ["model", "kind", "batch", "seq", "micro", "attn", "remat", "loss", "step_s",
             "tokens_per_s", "tflops", "mfu", "peak_mem_gb"]
 DAPO_COLS = ["model", "rollouts", "seq", "turns", "mini", "micro", "rollout_s", "reward_s",
@@ -218,19 +210,19 @@ def main(argv):
       print(dapo_rows[-1], flush=True)
   if rows:
     print("\nSFT")
-    _table(rows, SFT_COLS)
+    common.print_table(rows, SFT_COLS)
   if dapo_rows:
     print(f"\nDAPO step: {_PROMPTS.value} prompts x {_GROUP.value} rollouts, prompt "
           f"{_PROMPT_LEN.value} + {_NEW.value} new tokens, {_TURNS.value} searches x "
           f"{_OBS.value} observation tokens, retriever {_LATENCY.value:g} ms; medians of "
           f"{_DAPO_STEPS.value} steps (update = old-logp forward + DAPO updates; other = "
           f"batch assembly)")
-    _table(dapo_rows, DAPO_COLS)
+    common.print_table(dapo_rows, DAPO_COLS)
     ok = [r for r in dapo_rows if r.get("kind") != "FAILED"]
     if ok:
       print("\nDAPO rollout breakdown (Sampler stats; old_logp_s: the old-logp forward alone, "
             "part of update_s)")
-      _table(ok, ROLLOUT_COLS)
+      common.print_table(ok, ROLLOUT_COLS)
   if _JSON.value:
     import json
     with open(_JSON.value, "w") as f:
