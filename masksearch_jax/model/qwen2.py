@@ -184,12 +184,12 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
   if segment_ids is None:
     segment_ids = jnp.ones((b, t), jnp.int32)
   cache_end = None if cache is None else cache["end"]
-  if scan_layers and (isinstance(params["layers"], (list, tuple)) or
-                      (cache is not None and isinstance(cache["k"], (list, tuple)))):
+  # kv_cache.init_cache(per_layer=True): k/v are lists of [B, S, K, Dh], one buffer per layer.
+  per_layer = cache is not None and isinstance(cache["k"], (list, tuple))
+  if scan_layers and (per_layer or isinstance(params["layers"], (list, tuple))):
     raise ValueError("per-layer params (decode_layout) or a per-layer cache need "
                      "scan_layers=False")
-  s = t if cache is None else cache["k"][0].shape[1] if isinstance(cache["k"], (list, tuple)) \
-      else cache["k"].shape[2]
+  s = t if cache is None else cache["k"][0].shape[1] if per_layer else cache["k"].shape[2]
   mask = _attention_mask(segment_ids, cache_end, t, s)
   h = params["embed"].astype(compute_dtype)[tokens]                         # [B, T, D]
 
@@ -219,7 +219,6 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
       (h, kc, vc), _ = jax.lax.scan(body, (h, kc, vc),
                                     (params["layers"], jnp.arange(cfg.num_layers)))
     else:
-      per_layer = isinstance(kc, (list, tuple))         # kv_cache.init_cache(per_layer=True)
       kc, vc = (list(kc), list(vc)) if per_layer else (kc, vc)
       for i in range(cfg.num_layers):
         h, (ki, vi) = layer(h, _layer_params(params, i), positions, mask, (kc[i], vc[i]),

@@ -324,8 +324,6 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
   finally:
     writer.close()
     mgr.close()
-  export = None
-  if cfg.export_hf_at_end and step > start:
-    export = str(trainer.export_hf(state, mcfg, f"{cfg.workdir}/hf", tok_path, cfg.export_dtype))
+  export = trainer.export_at_end(cfg, state, mcfg, tok_path, step > start)
   return {"state": state, "model_config": mcfg, "metrics": row, "eval": last_eval,
           "export": export, "rl_step": step}

@@ -324,7 +324,5 @@ def train(cfg: TrainConfig, devices=None) -> dict:
   finally:
     writer.close()
     mgr.close()
-  export = None
-  if cfg.export_hf_at_end and step > start:
-    export = str(trainer.export_hf(state, mcfg, f"{cfg.workdir}/hf", tok_path, cfg.export_dtype))
+  export = trainer.export_at_end(cfg, state, mcfg, tok_path, step > start)
   return {"step": step, "metrics": row, "export": export, "model_config": mcfg}

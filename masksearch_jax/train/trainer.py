@@ -229,6 +229,13 @@ def to_global_batch(local: Mapping[str, np.ndarray], micro_batches: int,
 
 
 # ------------------------------------------------------------------------------ export
+def export_at_end(cfg, state, model_cfg: Qwen2Config, tokenizer_dir, trained: bool) -> str | None:
+  """The run's final HF export (cfg.export_hf_at_end) into WORKDIR/hf, only if it trained."""
+  if not (cfg.export_hf_at_end and trained):
+    return None
+  return str(export_hf(state, model_cfg, f"{cfg.workdir}/hf", tokenizer_dir, cfg.export_dtype))
+
+
 def export_hf(state_or_params: Any, model_cfg: Qwen2Config, out_dir: str | Path,
               tokenizer_dir: str | Path | None = None, dtype: str = "bfloat16") -> Path:
   """HF Qwen2ForCausalLM directory (+ tokenizer files copied) from a state or a params tree."""
