@@ -9,9 +9,10 @@ state saved on one mesh restored on another gives identical logits.
       --mode=forward --model=tiny                                        # CPU smoke test
 
 forward: random f32 weights, f32 compute at `highest` matmul precision (so the comparison is of the
-sharding, not of TF32 rounding), logits of the first device alone vs the same jitted forward with
+sharding, not of TF32 rounding), XLA attention, logits of the first device alone vs the same jitted forward with
 params placed by `parallel.rules` on each mesh: pure data parallel, FSDP, tensor parallel (and
-data x tensor with 4+ devices). A bf16-compute row per mesh shows the ordinary rounding spread.
+data x tensor with 4+ devices). bf16-compute rows (XLA attention, and on GPUs cuDNN attention run
+per shard under the mesh) show the ordinary rounding spread of a different partitioning.
 save: `trainer.setup` on --mesh (default all devices FSDP), --steps real SFT updates on random
 tokens, a checkpoint, and the logits of fixed tokens written beside it. restore: `trainer.setup`
 with --mesh on the devices now visible resumes that checkpoint (the trainer's own restore path,
@@ -42,6 +43,8 @@ _BATCH = flags.DEFINE_integer("batch", 4, "Rows (a multiple of the device count)
 _SEQ = flags.DEFINE_integer("seq", 256, "Tokens per row.")
 _MESHES = flags.DEFINE_list("meshes", [], "forward: mesh specs to compare (default: data=N, "
                             "fsdp=N, tensor=N, and data=2,tensor=N/2 with 4+ devices).")
+_VARIANTS = flags.DEFINE_list("variants", ["xla:float32", "xla:bfloat16", "cudnn:bfloat16"],
+                              "forward: attention:compute pairs (cudnn rows only on GPUs).")
 _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "save/restore: the run's mesh.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/multi_gpu", "save/restore: run directory.")
 _STEPS = flags.DEFINE_integer("steps", 2, "save: SFT updates before the checkpoint.")
@@ -66,18 +69,22 @@ def run_forward() -> None:
                    device=devs[0])(jax.random.key(0))
   tokens = _tokens(mcfg.vocab_size)
   rows = []
+  variants = [tuple(v.split(":")) for v in _VARIANTS.value]
+  if jax.default_backend() != "gpu":
+    variants = [v for v in variants if v[0] != "cudnn"]
   with jax.default_matmul_precision("highest"):
-    for dtype in ("float32", "bfloat16"):
+    for impl, dtype in variants:
       cd = jnp.dtype(dtype)
-      fwd = lambda p, t: qwen2.apply(p, mcfg, t, compute_dtype=cd)[0]
+      fwd = lambda p, t: qwen2.apply(p, mcfg, t, compute_dtype=cd, attn_impl=impl)[0]
       ref = np.asarray(jax.jit(fwd)(params, jax.device_put(tokens, devs[0])))
       for spec in _MESHES.value or _default_meshes(len(devs)):
         mesh = pmesh.make_mesh(spec, devs)
         sp = jax.device_put(params, rules.param_shardings(params, mcfg, mesh))
         st = jax.device_put(tokens, rules.batch_sharding(mesh))
-        out = np.asarray(jax.jit(fwd, out_shardings=rules.batch_sharding(mesh, ndim=3))(sp, st))
+        out = np.asarray(pmesh.under_mesh(jax.jit(
+            fwd, out_shardings=rules.batch_sharding(mesh, ndim=3)), mesh)(sp, st))
         diff = np.abs(out - ref)
-        rows.append({"model": _MODEL.value, "compute": dtype, "mesh": spec,
+        rows.append({"model": _MODEL.value, "attn": impl, "compute": dtype, "mesh": spec,
                      "max_abs_diff": f"{diff.max():.2e}",
                      "rel_diff": f"{diff.max() / np.abs(ref).max():.2e}",
                      "argmax_agree": f"{(out.argmax(-1) == ref.argmax(-1)).mean():.4f}"})
@@ -86,7 +93,7 @@ def run_forward() -> None:
   print(f"\nsharded forward vs one device ({devs[0].device_kind}, {len(devs)} devices, "
         f"batch {_BATCH.value} x {_SEQ.value}, random weights std 0.02, max |logit| "
         f"{np.abs(ref).max():.2f})")
-  common.print_table(rows, ["model", "compute", "mesh", "max_abs_diff", "rel_diff", "argmax_agree"])
+  common.print_table(rows, ["model", "attn", "compute", "mesh", "max_abs_diff", "rel_diff", "argmax_agree"])
 
 
 def _setup():

@@ -45,6 +45,8 @@ flags.DEFINE_integer("mt_turns", 3, "searches per row in the multi-turn case")
 flags.DEFINE_integer("mt_period", 96, "policy tokens per turn (search call closes at its end)")
 flags.DEFINE_integer("mt_obs_tokens", 128, "observation tokens per turn (max_tool_tokens)")
 flags.DEFINE_float("retriever_latency_ms", 50.0, "fixed latency of the retriever stub")
+flags.DEFINE_list("steps_per_check", ["1"], "decode steps per on-device stop test "
+                  "(RolloutConfig.steps_per_check); several values give one column each")
 flags.DEFINE_integer("chunk_steps", 64, "decode steps per host check in end-to-end runs")
 flags.DEFINE_float("pause_exit_fraction", 0.0, "multi-turn: end a chunk once this share of rows "
                    "paused at a tool call (RolloutConfig.pause_exit_fraction)")
@@ -78,7 +80,7 @@ def roofline(cfg, batch, ctx, itemsize, bw_tbs):
   return batch / ((weights + kv) / (bw_tbs * 1e12))
 
 
-def bench_ours(cfg, params, batch, scan, dtype, rng):
+def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1):
   import numpy as np
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T
@@ -88,7 +90,7 @@ def bench_ours(cfg, params, batch, scan, dtype, rng):
   out = {}
   for name, chunk in (("decode", N), ("e2e", FLAGS.chunk_steps))[:2 if FLAGS.e2e else 1]:
     rcfg = T.RolloutConfig(max_len=P + N, max_new_tokens=N, prompt_buckets=(P,), chunk_steps=chunk,
-                           use_tools=False)
+                           use_tools=False, steps_per_check=steps_per_check)
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, compute_dtype=dtype,
                             cache_dtype=dtype, attn_impl=FLAGS.attn_impl, scan_layers=scan)
     if name == "decode":
@@ -194,6 +196,7 @@ def main(argv):
     results["measured_copy_tbs"] = measure_bandwidth()
     logging.info("measured copy bandwidth %.2f TB/s", results["measured_copy_tbs"])
   scans = {"true": [True], "false": [False], "both": [True, False]}[FLAGS.scan_layers]
+  spcs = [int(k) for k in FLAGS.steps_per_check]
   hf_bs = set(FLAGS.hf_batch_sizes or FLAGS.batch_sizes)
   ctx = FLAGS.prompt_len + FLAGS.new_tokens // 2
   for name in FLAGS.models:
@@ -207,12 +210,14 @@ def main(argv):
              "roofline_kv_full_tok_s": roofline(cfg, batch, FLAGS.prompt_len + FLAGS.new_tokens,
                                                 itemsize, bw)}
       for scan in scans:
-        try:
-          r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0))
-        except Exception as e:                               # e.g. out of memory at a large batch
-          logging.exception("ours failed: %s batch %d scan %s", name, batch, scan)
-          r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-        row.update({f"{k}_scan{int(scan)}": v for k, v in r.items()})
+        for k in spcs:
+          try:
+            r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0), k)
+          except Exception as e:                             # e.g. out of memory at a large batch
+            logging.exception("ours failed: %s batch %d scan %s", name, batch, scan)
+            r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+          suffix = f"_scan{int(scan)}" + (f"_k{k}" if len(spcs) > 1 else "")
+          row.update({f"{n}{suffix}": v for n, v in r.items()})
       if FLAGS.hf and bs in hf_bs:
         try:
           row.update(bench_hf(cfg, batch, np.random.default_rng(0)))
@@ -238,14 +243,15 @@ def _print_table(res):
   print(f"\ndevice: {res['device']}  prompt {FLAGS.prompt_len}  new {FLAGS.new_tokens}  "
         f"{FLAGS.dtype}  roofline at {FLAGS.bandwidth_tbs} TB/s"
         + (f"  (measured copy {res['measured_copy_tbs']:.2f} TB/s)" if "measured_copy_tbs" in res else ""))
-  cols = ["decode_tok_s_scan1", "decode_tok_s_scan0", "e2e_tok_s_scan1", "e2e_tok_s_scan0",
-          "hf_tok_s", "roofline_tok_s"]
-  print(" ".join([f"{'model':>8}", f"{'batch':>5}"] + [f"{c:>18}" for c in
-                 ["decode scan", "decode unrolled", "e2e scan", "e2e unrolled", "transformers",
-                  "roofline"]] + [f"{'best/roof':>9}"]))
+  # one column per measured variant: decode/e2e x scan1 (layer scan) / scan0 (unrolled) [x k]
+  cols = sorted({k for r in res["rows"] for k in r
+                 if k.startswith(("decode_tok_s", "e2e_tok_s"))})
+  cols += [c for c in ("hf_tok_s", "roofline_tok_s") if any(c in r for r in res["rows"])]
+  print(" ".join([f"{'model':>8}", f"{'batch':>5}"] + [f"{c.replace('_tok_s', ''):>16}"
+                                                      for c in cols] + [f"{'best/roof':>9}"]))
   for r in res["rows"]:
     best = max([v for k, v in r.items() if k.startswith("decode_tok_s")] or [0.0])
-    vals = [f"{r[c]:18.1f}" if isinstance(r.get(c), float) else f"{'-':>18}" for c in cols]
+    vals = [f"{r[c]:16.1f}" if isinstance(r.get(c), float) else f"{'-':>16}" for c in cols]
     print(" ".join([f"{r['model']:>8}", f"{r['batch']:>5}"] + vals
                    + [f"{100 * best / r['roofline_tok_s']:8.1f}%"]))
     for k in ("hf_note",) + tuple(k for k in r if k.startswith("error")):

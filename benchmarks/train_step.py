@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a che
 
 from benchmarks import common, dapo_step  # noqa: E402
 from masksearch_jax.model import qwen2
+from masksearch_jax.parallel import mesh as mesh_lib
 from masksearch_jax.train import config as config_lib
 from masksearch_jax.train import flops, optim, sft, trainer
 
@@ -139,7 +140,7 @@ def bench_model(name: str) -> list[dict]:
   def mean_loss(p, mb):
     s, n, _ = loss_fn(p, mb)
     return s / n
-  grad = jax.jit(jax.value_and_grad(mean_loss))
+  grad = mesh_lib.under_mesh(jax.jit(jax.value_and_grad(mean_loss)), mesh)   # as the trainer
   first = jax.tree.map(lambda x: x[0], batch)          # one micro-batch: the fwd+bwd unit
   sec = _time(lambda: grad(state.params, first), _ITERS.value) * cfg.micro_batches
   rows.append(_row(name, "fwd+bwd", cfg, mcfg, sec, n_dev))

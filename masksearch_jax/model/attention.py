@@ -8,11 +8,17 @@ softmax computed in float32.
   - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, the fused GPU kernel.
 `causal_only=True` promises that the mask is exactly the causal one (no padding, no packing,
 no cache), which lets the fused kernels skip reading a mask at all.
+
+Under a context mesh (`parallel.mesh.under_mesh`, set by the trainers and the sampler) the fused
+kernels run per shard inside `shard_map` (rows over the data/FSDP axes, heads over `tensor`):
+attention never mixes rows or heads, and cuDNN's own SPMD partitioner fails on FSDP-sharded
+batches with a mask (jax 0.11.2, two H100s: `INTERNAL: custom_partitioner`).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn")
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -32,13 +38,44 @@ def attend_xla(q, k, v, mask):
   return o.reshape(b, t, h, dh).astype(q.dtype)
 
 
+def _fused(q, k, v, mask, implementation, causal_only):
+  if causal_only:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :],
+                                      implementation=implementation)
+
+
+def shard_specs(mesh, batch: int, heads: int, kv_heads: int) -> tuple[P, P] | None:
+  """(q/k/v/out spec, mask spec) splitting rows over the mesh's batch axes (data, fsdp) and heads
+  over `tensor`, each only where it divides; None when nothing is split (no mesh, one device)."""
+  if mesh is None or mesh.empty:
+    return None
+  size = lambda a: mesh.shape[a] if a in mesh.axis_names else 1
+  rows = tuple(a for a in ("data", "fsdp") if size(a) > 1)
+  n_rows = 1
+  for a in rows:
+    n_rows *= size(a)
+  rows = rows if rows and batch % n_rows == 0 else ()
+  t = size("tensor")
+  head = "tensor" if t > 1 and heads % t == 0 and kv_heads % t == 0 else None
+  if not rows and head is None:
+    return None
+  r = rows or None
+  return P(r, None, head, None), P(r, None, None)
+
+
 def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
+  """q [B, T, H, Dh], k/v [B, S, K, Dh], mask [B, T, S] bool -> [B, T, H, Dh]."""
   if impl == "xla":
     return attend_xla(q, k, v, mask)
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
   implementation = "cudnn" if impl == "cudnn" else None
-  if causal_only:
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
-  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :],
-                                      implementation=implementation)
+  fn = lambda q, k, v, m: _fused(q, k, v, m, implementation, causal_only)
+  mesh = jax.sharding.get_abstract_mesh()
+  specs = shard_specs(mesh, q.shape[0], q.shape[2], k.shape[2])
+  if specs is None:
+    return fn(q, k, v, mask)
+  qkv, m = specs
+  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, m), out_specs=qkv,
+                       check_vma=False)(q, k, v, mask)

@@ -6,8 +6,9 @@ A spec is "data=2,fsdp=-1,tensor=1" or a (data, fsdp, tensor) tuple; one -1 fill
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -65,3 +66,19 @@ def make_mesh(spec="data=1,fsdp=-1,tensor=1", devices: Sequence[jax.Device] | No
   except Exception:  # CPU / unusual topologies: plain row-major order is fine there.
     arr = np.asarray(devices).reshape(shape)
   return Mesh(arr, AXES)
+
+
+def under_mesh(fn: Callable, mesh: Mesh | None) -> Callable:
+  """`fn` (usually a jitted function) called with `mesh` as the context mesh (`jax.set_mesh`).
+
+  Why: model code never takes a mesh, but fused kernels that must run per shard (cuDNN attention,
+  `model/attention.py`) read the context mesh while tracing. Without a mesh this returns `fn`.
+  """
+  if mesh is None:
+    return fn
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+  return call

@@ -25,6 +25,7 @@ import numpy as np
 
 from masksearch_jax.model import kv_cache, qwen2
 from masksearch_jax.model.config import Qwen2Config
+from masksearch_jax.parallel import mesh as mesh_lib
 from masksearch_jax.rollout import sampling
 from masksearch_jax.rollout.types import RolloutConfig, SamplingConfig
 
@@ -61,13 +62,18 @@ def stop_ids_matched(tokens, mask, length, stop_ids: tuple[tuple[int, ...], ...]
   return jnp.any(jnp.all(hit, axis=-1), axis=-1)
 
 
+def _largest_divisor_at_most(n: int, k: int) -> int:
+  return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
 class Engine:
   """Jitted prefill / decode / splice for one (model config, sampling, rollout config)."""
 
   def __init__(self, cfg: Qwen2Config, sampling_cfg: SamplingConfig, rollout_cfg: RolloutConfig,
                stop_ids: tuple[tuple[int, ...], ...] = (), *, compute_dtype=jnp.bfloat16,
                cache_dtype=jnp.bfloat16, attn_impl: str = "xla", scan_layers: bool = True,
-               logits_hook: LogitsHook | None = None, state_sharding: Callable | None = None):
+               logits_hook: LogitsHook | None = None, state_sharding: Callable | None = None,
+               mesh=None):
     self.cfg, self.sampling, self.rcfg = cfg, sampling_cfg, rollout_cfg
     self.stop_ids = tuple(tuple(int(t) for t in s) for s in stop_ids if s)
     self.cache_dtype, self.compute_dtype = cache_dtype, compute_dtype
@@ -76,9 +82,10 @@ class Engine:
     self._constrain = state_sharding or (lambda s: s)
     self._model = functools.partial(qwen2.apply, cfg=cfg, attn_impl=attn_impl,
                                     compute_dtype=compute_dtype, scan_layers=scan_layers)
-    self.prefill = jax.jit(self._prefill)
-    self.decode = jax.jit(self._decode, donate_argnums=(1,))
-    self.splice = jax.jit(self._splice, donate_argnums=(1,))
+    on = lambda f: mesh_lib.under_mesh(f, mesh)     # fused attention runs per shard under it
+    self.prefill = on(jax.jit(self._prefill))
+    self.decode = on(jax.jit(self._decode, donate_argnums=(1,)))
+    self.splice = on(jax.jit(self._splice, donate_argnums=(1,)))
     self.update = jax.jit(self._update, donate_argnums=(0,))
 
   # ---- programs ------------------------------------------------------------------------------
@@ -151,9 +158,14 @@ class Engine:
       paused = jnp.sum((s["reason"] == R_STOP_IDS) & ~s["active"])
       return (i < self.rcfg.chunk_steps) & jnp.any(s["active"]) & (paused < pause_exit)
 
+    k = _largest_divisor_at_most(self.rcfg.chunk_steps, self.rcfg.steps_per_check)
+
     def body(c):
       i, s = c
-      return i + 1, self._step(params, s)
+      if k == 1:
+        return i + 1, self._step(params, s)
+      # Fixed trip count: XLA runs it without a host round trip per step.
+      return i + k, jax.lax.fori_loop(0, k, lambda _, s: self._step(params, s), s)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
     return self._constrain(state)

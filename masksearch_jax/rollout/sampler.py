@@ -56,7 +56,7 @@ class Sampler:
     self.engine = eng.Engine(cfg, sampling_cfg, rollout_cfg, stop_ids, compute_dtype=compute_dtype,
                              cache_dtype=cache_dtype, attn_impl=attn_impl, scan_layers=scan_layers,
                              logits_hook=logits_hook,
-                             state_sharding=sharding.state_constraint(mesh, data_axis))
+                             state_sharding=sharding.state_constraint(mesh, data_axis), mesh=mesh)
 
   # ---- inputs --------------------------------------------------------------------------------
   def _prompt_ids(self, prompts) -> list[list[int]]:

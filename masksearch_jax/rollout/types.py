@@ -55,12 +55,17 @@ class RolloutConfig:
   chunk_steps: decode steps per device call; the host checks stop strings between chunks.
   pause_exit_fraction: > 0 ends a chunk early once this share of the batch has stopped on a stop
     tag since the last host round, so paused rows wait less for their observation (more rounds).
+  steps_per_check: decode steps per on-device "any row still active?" test. A data-dependent
+    loop condition makes XLA copy it to the host and wait after every iteration, draining the
+    GPU; k steps run as a fixed-count inner loop between tests (rows that stop meanwhile idle
+    as padding, at most k - 1 steps). Must divide chunk_steps (else the largest divisor is used).
   """
   max_len: int = 1024
   max_new_tokens: int | None = None
   prompt_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
   chunk_steps: int = 64
   pause_exit_fraction: float = 0.0
+  steps_per_check: int = 1
   eos_ids: tuple[int, ...] = ()
   stop_strings: tuple[str, ...] = ()
   # Tool use (the protocol's search / answer tags); off = plain generation.
@@ -76,6 +81,8 @@ class RolloutConfig:
       raise ValueError(f"max_len={self.max_len} must be >= 2")
     if self.chunk_steps < 1:
       raise ValueError(f"chunk_steps={self.chunk_steps} must be >= 1")
+    if self.steps_per_check < 1:
+      raise ValueError(f"steps_per_check={self.steps_per_check} must be >= 1")
     if self.max_tool_tokens < 1 or self.max_turns < 0:
       raise ValueError("max_tool_tokens must be >= 1 and max_turns >= 0")
     if tuple(sorted(self.prompt_buckets)) != tuple(self.prompt_buckets) or not self.prompt_buckets:

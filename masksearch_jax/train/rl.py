@@ -25,6 +25,7 @@ import numpy as np
 from masksearch_jax import tokenizer as tok_lib
 from masksearch_jax.model import qwen2
 from masksearch_jax.model.config import Qwen2Config
+from masksearch_jax.parallel import mesh as mesh_lib
 from masksearch_jax.rl import collect, dapo, dynamic_sampling, rewards
 from masksearch_jax.rollout import sampler as sampler_lib
 from masksearch_jax.rollout import types as rtypes
@@ -160,7 +161,8 @@ def make_logp_fn(model_cfg: Qwen2Config, cfg: RLConfig, param_sh, batch_sh) -> C
   def fn(params, inputs, targets):
     one = lambda xy: _token_logprobs(params, model_cfg, cfg, xy[0], xy[1], "none")
     return jax.lax.map(one, (inputs, targets))
-  return jax.jit(fn, in_shardings=(param_sh, batch_sh, batch_sh), out_shardings=batch_sh)
+  return mesh_lib.under_mesh(jax.jit(fn, in_shardings=(param_sh, batch_sh, batch_sh),
+                                  out_shardings=batch_sh), jax.tree.leaves(batch_sh)[0].mesh)
 
 
 @jax.jit

@@ -205,8 +205,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, micro_bat
     new = state.replace(params=params, opt_state=opt_state, step=state.step + 1, rng=rng)
     return new, metrics
 
-  return jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
-                 donate_argnums=(0,))
+  return mesh_lib.under_mesh(jax.jit(step, in_shardings=(state_sh, batch_sh),
+                                  out_shardings=(state_sh, None), donate_argnums=(0,)),
+                          jax.tree.leaves(batch_sh)[0].mesh)
 
 
 def to_global_batch(local: Mapping[str, np.ndarray], micro_batches: int,

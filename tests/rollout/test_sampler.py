@@ -113,16 +113,18 @@ def _forced(script, mask_row):
   return (mask_row == 1) & (n < script.shape[0]) & (script[idx] >= 0)
 
 
-@pytest.mark.parametrize("device_stops,chunk,pause,scan", [(True, 7, 0.3, True),
-                                                          (False, 5, 0.0, False)])
-def test_multi_turn_matches_teacher_forced(model, tok, device_stops, chunk, pause, scan):
+@pytest.mark.parametrize("device_stops,chunk,pause,scan,k", [(True, 7, 0.3, True, 1),
+                                                            (False, 5, 0.0, False, 1),
+                                                            (True, 8, 0.3, False, 4)])
+def test_multi_turn_matches_teacher_forced(model, tok, device_stops, chunk, pause, scan, k):
   cfg, params = model
   temp = 0.8
   script = _script(tok, [["<search> capital </search>", 4, "<search> the river </search>"],
                          [],
                          [3, "<search> alpha </search>"]], 40)
   rcfg = T.RolloutConfig(max_len=112, max_new_tokens=90, prompt_buckets=(16,), chunk_steps=chunk,
-                         max_tool_tokens=24, top_k_docs=2, max_turns=3, pause_exit_fraction=pause)
+                         max_tool_tokens=24, top_k_docs=2, max_turns=3, pause_exit_fraction=pause,
+                         steps_per_check=k)
   ret = fx.FakeRetriever()
   s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=temp), rcfg, retriever=ret,
                           logits_hook=fx.script_hook(script), device_stops=device_stops,
@@ -158,6 +160,29 @@ def test_multi_turn_matches_teacher_forced(model, tok, device_stops, chunk, paus
   tail = out.loss_mask[0, :out.lengths[0]]
   last_obs = np.flatnonzero(tail == 0)[-1]
   assert tail[last_obs + 1:].sum() > 0
+
+
+def test_steps_per_check_gives_identical_rollouts(model, tok):
+  """k decode steps per stop test (fixed-count inner loop) changes when chunks end, never what a
+  row generates: same tokens, log-probs, masks, searches and finish reasons as k = 1."""
+  cfg, params = model
+  script = _script(tok, [["<search> capital </search>", 4, "<search> the river </search>"],
+                         [2, "<answer> paris </answer>"], [3, "<search> alpha </search>"]], 40)
+  outs = []
+  for k in (1, 4):
+    rcfg = T.RolloutConfig(max_len=112, max_new_tokens=90, prompt_buckets=(16,), chunk_steps=12,
+                           max_tool_tokens=24, top_k_docs=2, max_turns=3, steps_per_check=k,
+                           eos_ids=(fx.tid(fx.EOS),))
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.8), rcfg,
+                            retriever=fx.FakeRetriever(), logits_hook=fx.script_hook(script),
+                            scan_layers=False, **F32)
+    outs.append(s.generate(params, ["who wrote the book", "the capital of", "alpha beta"], seed=5))
+  a, b = outs
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-6)
+  assert list(a.finish_reason) == list(b.finish_reason) and a.queries == b.queries
+  assert list(a.num_searches) == list(b.num_searches) and a.num_searches[0] == 2
 
 
 class _CompileCounter:
