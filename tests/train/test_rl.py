@@ -228,6 +228,30 @@ def test_dynamic_sampling_cap_raises():
     dynamic_sampling.fill_batch(lambda i: gen(stream, i), cfg.groups_per_step, 3)
 
 
+def test_dapo_learns_what_the_reward_asks(tmp_path):
+  """The whole loop learns (sampler -> rewards -> dynamic sampling -> DAPO update): with only the
+  overlong shaping as reward (0 up to 4 model tokens, down to -1 at 14), a random tiny policy that
+  writes ~15 tokens learns to stop early. Measured on CPU, 14 steps of 16 rollouts at lr 1e-2,
+  seeds 0/1/2: first-3-step reward -0.88/-0.92/-0.94 -> last-2 -0.12/-0.09/-0.30, response length
+  ~15 -> 4.0/4.0/6.3 tokens (~25 s). Without dynamic sampling seed 2 collapsed to all-16-token
+  rollouts (identical rewards, no gradient) — which is what dynamic sampling is for."""
+  from masksearch_jax.rl import rewards
+  from tests.rollout import fixtures as fx
+  reward = rewards.RewardConfig(overlong_max_tokens=14, overlong_buffer=10)
+  cfg = _loop_cfg(tmp_path, dynamic_sampling=True, max_gen_rounds=32, reward=reward, steps=14,
+                  temperature=1.0, group_size=4, batch_size=16, save_every=1000, seed=0,
+                  optim=optim.OptimConfig(learning_rate=1e-2, schedule="constant",
+                                          weight_decay=0.0))
+  rl.run(cfg, tokenizer=fx.tokenizer(), retriever=fx.FakeRetriever(), examples=_examples(8),
+         devices=jax.devices()[:1])
+  rows = [json.loads(l) for l in (Path(cfg.workdir) / "metrics.jsonl").read_text().splitlines()]
+  first = np.mean([r["reward/total"] for r in rows[:3]])
+  last = np.mean([r["reward/total"] for r in rows[-2:]])
+  length = np.mean([r["response_len"] for r in rows[-2:]])
+  assert first < -0.75 and last > -0.5 and last > first + 0.4, (first, last)
+  assert length < 9, length
+
+
 @pytest.mark.slow
 def test_resume_reproduces_uninterrupted_run(tmp_path):
   """2 steps straight == 1 step, restart from the checkpoint, 1 more step (same losses, same
