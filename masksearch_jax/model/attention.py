@@ -6,6 +6,8 @@ softmax computed in float32.
   - "xla":   plain einsum + f32 softmax; runs everywhere, the reference.
   - "jax":   `jax.nn.dot_product_attention`, letting JAX pick (XLA on CPU/TPU).
   - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, the fused GPU kernel.
+  - "pallas": "xla", except that one-token decode steps against the KV cache run the one-kernel
+    Pallas decode attention (`attend_decode`, model/decode_attention.py): a sampler setting.
 `causal_only=True` promises that the mask is exactly the causal one (no padding, no packing,
 no cache), which lets the fused kernels skip reading a mask at all.
 
@@ -20,7 +22,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("xla", "jax", "cudnn")
+from masksearch_jax.model import decode_attention
+
+IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas")
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -64,18 +68,36 @@ def shard_specs(mesh, batch: int, heads: int, kv_heads: int) -> tuple[P, P] | No
   return P(r, None, head, None), P(r, None, None)
 
 
+def _per_shard(fn, q, k, v, extra, extra_spec):
+  """fn(q, k, v, extra) inside shard_map under the context mesh (see shard_specs), else direct.
+  extra_spec(rows) gives the PartitionSpec of `extra` for the row axes."""
+  mesh = jax.sharding.get_abstract_mesh()
+  specs = shard_specs(mesh, q.shape[0], q.shape[2], k.shape[2])
+  if specs is None:
+    return fn(q, k, v, extra)
+  qkv, _ = specs
+  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, extra_spec(qkv[0])),
+                       out_specs=qkv, check_vma=False)(q, k, v, extra)
+
+
 def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
   """q [B, T, H, Dh], k/v [B, S, K, Dh], mask [B, T, S] bool -> [B, T, H, Dh]."""
-  if impl == "xla":
+  if impl in ("xla", "pallas"):              # pallas: only one-token decode differs (attend_decode)
     return attend_xla(q, k, v, mask)
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
   implementation = "cudnn" if impl == "cudnn" else None
   fn = lambda q, k, v, m: _fused(q, k, v, m, implementation, causal_only)
-  mesh = jax.sharding.get_abstract_mesh()
-  specs = shard_specs(mesh, q.shape[0], q.shape[2], k.shape[2])
-  if specs is None:
-    return fn(q, k, v, mask)
-  qkv, m = specs
-  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, m), out_specs=qkv,
-                       check_vma=False)(q, k, v, mask)
+  return _per_shard(fn, q, k, v, mask, lambda rows: P(rows, None, None))
+
+
+def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):
+  """One new token per row against the cache (q [B, 1, H, Dh], k/v the cache [B, S, K, Dh],
+  lengths [B]: slots < length are visible, the same as `mask`). impl="pallas" runs the one-kernel
+  decode (model/decode_attention.py; interpret mode off GPU) where its shapes allow; everything
+  else goes through `attend`."""
+  if impl != "pallas" or not decode_attention.supported(q.shape, k.shape):
+    return attend(q, k, v, mask, impl=impl)
+  interpret = jax.default_backend() != "gpu"
+  fn = lambda q, k, v, n: decode_attention.decode_attend(q, k, v, n, interpret=interpret)
+  return _per_shard(fn, q, k, v, lengths, lambda rows: P(rows))

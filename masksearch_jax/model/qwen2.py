@@ -151,7 +151,10 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     vc = vc.at[rows, slots].set(v.astype(vc.dtype), mode="drop")
     new_kv = (kc, vc)
     k, v = kc.astype(dtype), vc.astype(dtype)
-  a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
+  if cache_kv is not None and q.shape[1] == 1:                             # one-token decode
+    a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
+  else:
+    a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
   h = h + jnp.einsum("bthk,hkd->btd", a, c(lp["o"]))
   x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
   h = h + jnp.einsum("btf,fd->btd", _mlp_in(x, lp, c), c(lp["down"]))

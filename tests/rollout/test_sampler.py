@@ -43,11 +43,12 @@ def _mesh_and_params(params):
   return mesh, dict(params, layers=layers)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok, scan_layers):
+@pytest.mark.parametrize("scan_layers,attn_impl", [(True, "xla"), (False, "xla"), (False, "pallas")])
+def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok, scan_layers,
+                                                                      attn_impl):
   """Greedy tokens equal transformers generate for prompts of different lengths in one batch,
   with rows over data=2 and the model over tensor=4 (one compile serves both checks); with the
-  layer scan and with the unrolled per-layer decode layout."""
+  layer scan, the unrolled per-layer decode layout, and the Pallas decode-attention kernel."""
   torch = pytest.importorskip("torch")
   from tests.model import hf_reference
   if len(jax.devices()) < 8:
@@ -60,7 +61,7 @@ def test_greedy_matches_transformers_generate_data_and_tensor_sharded(model, tok
   rcfg = T.RolloutConfig(max_len=48, max_new_tokens=new, prompt_buckets=(16, 32), chunk_steps=5,
                          use_tools=False)
   s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, mesh=mesh,
-                          scan_layers=scan_layers, **F32)
+                          scan_layers=scan_layers, attn_impl=attn_impl, **F32)
   out = s.generate(sharded, prompts)
   assert out.finish_reason == [T.LENGTH] * 4
 

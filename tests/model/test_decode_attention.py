@@ -1,0 +1,88 @@
+"""The one-kernel Pallas decode attention (interpret mode here) equals XLA attention with the cache
+mask; the model and the sampler give the same tokens with attn_impl="pallas" as with "xla"."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from masksearch_jax.model import attention, config as mcfg, decode_attention as da, qwen2
+from masksearch_jax.parallel import mesh as pmesh
+
+
+def _inputs(b, h, kh, dh, s, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.normal(size=shape), dtype) for shape in
+             ((b, 1, h, dh), (b, s, kh, dh), (b, s, kh, dh)))
+  return q, k, v
+
+
+@pytest.mark.parametrize("b,h,kh,dh,s,lengths", [
+    (3, 12, 2, 128, 768, [1, 300, 768]),      # 1.5B head shape; first/middle/last key block
+    (2, 4, 2, 16, 64, [17, 64]),             # tiny: 2 query heads per group, 16-key blocks
+    (1, 14, 2, 64, 96, [33]),                # 0.5B head shape, 96 = 3 blocks of 32
+    (2, 16, 1, 32, 48, [48, 5]),             # 16 query heads per kv head (no padding rows)
+])
+def test_kernel_matches_xla_attention(b, h, kh, dh, s, lengths):
+  q, k, v = _inputs(b, h, kh, dh, s, jnp.float32)
+  n = jnp.asarray(lengths, jnp.int32)
+  mask = jnp.arange(s)[None, None, :] < n[:, None, None]
+  want = attention.attend_xla(q, k, v, mask)
+  got = da.decode_attend(q, k, v, n, interpret=True)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6, rtol=0)
+  # keys past a row's length never matter (the kernel skips or masks them)
+  k2 = jnp.where(jnp.arange(s)[None, :, None, None] < n[:, None, None, None], k, 1e3)
+  np.testing.assert_allclose(np.asarray(da.decode_attend(q, k2, v, n, interpret=True)),
+                             np.asarray(got), atol=1e-6)
+
+
+def test_bfloat16_within_rounding():
+  q, k, v = _inputs(2, 12, 2, 128, 256, jnp.bfloat16, seed=1)
+  n = jnp.asarray([200, 7], jnp.int32)
+  mask = jnp.arange(256)[None, None, :] < n[:, None, None]
+  want = attention.attend_xla(q, k, v, mask).astype(jnp.float32)
+  got = da.decode_attend(q, k, v, n, interpret=True).astype(jnp.float32)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-2)
+
+
+def test_supported_shapes():
+  assert da.supported((4, 1, 12, 128), (4, 768, 2, 128))
+  assert not da.supported((4, 2, 12, 128), (4, 768, 2, 128))     # two new tokens: XLA path
+  assert not da.supported((4, 1, 12, 128), (4, 770, 2, 128))     # length not a multiple of 16
+  assert not da.supported((4, 1, 12, 96), (4, 768, 2, 96))       # head_dim not a power of two
+  assert not da.supported((4, 1, 40, 128), (4, 768, 2, 128))     # > 16 query heads per kv head
+  assert da.block_size(768) == 64 and da.block_size(48) == 16 and da.block_size(40) is None
+
+
+def test_model_decode_step_pallas_equals_xla():
+  """A prefill, then one-token steps with a per-layer cache: logits and caches agree."""
+  from masksearch_jax.model import kv_cache
+  cfg = mcfg.PRESETS["tiny"]
+  params = qwen2.init_params(cfg, jax.random.PRNGKey(0), jnp.float32, std=0.1)
+  dp = qwen2.decode_layout(params, cfg, jnp.float32)
+  toks = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 8)))
+  outs = {}
+  for impl in ("xla", "pallas"):
+    cache = kv_cache.init_cache(cfg, 2, 32, jnp.float32, per_layer=True)
+    fwd = jax.jit(lambda p, t, c, s: qwen2.apply(p, cfg, t, segment_ids=s, cache=c, attn_impl=impl,
+                                                 compute_dtype=jnp.float32, scan_layers=False))
+    seg = jnp.asarray([[1] * 8, [1] * 5 + [0] * 3])            # rows of different lengths
+    logits, cache = fwd(dp, toks, cache, seg)
+    steps = []
+    for i in range(3):
+      nxt = jnp.argmax(logits[jnp.arange(2), cache["end"] - 1 if i == 0 else 0], -1)[:, None]
+      logits, cache = fwd(dp, nxt, cache, jnp.ones((2, 1), jnp.int32))
+      steps.append(np.asarray(logits))
+    outs[impl] = steps
+  for a, b in zip(outs["xla"], outs["pallas"]):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
+def test_runs_per_shard_under_a_mesh():
+  q, k, v = _inputs(4, 4, 2, 16, 64, jnp.float32)
+  n = jnp.asarray([3, 64, 20, 41], jnp.int32)
+  mask = jnp.arange(64)[None, None, :] < n[:, None, None]
+  want = attention.attend_xla(q, k, v, mask)
+  mesh = pmesh.make_mesh((2, 2, 2))
+  fn = pmesh.under_mesh(jax.jit(lambda *a: attention.attend_decode(*a, impl="pallas")), mesh)
+  np.testing.assert_allclose(np.asarray(fn(q, k, v, n, mask)), np.asarray(want), atol=2e-6)
