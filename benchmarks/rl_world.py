@@ -50,6 +50,11 @@ _SHORTCUT = flags.DEFINE_float(
     "teacher_shortcut", 0.0, "Share of the 2-hop oracle traces rewritten so that the teacher "
     "answers the bridge entity after ONE search (an imperfect teacher, as LLM teachers are): the "
     "SFT model then tends to stop early on 2-hop questions; RL has to learn the second search.")
+_ECHO = flags.DEFINE_float(
+    "teacher_echo", 0.0, "Share of the 1-hop oracle traces rewritten so that the teacher answers "
+    "the question's subject (the entity it searched for) instead of the retrieved answer: a "
+    "systematic teacher error. Above 0.5 the greedy SFT model echoes; sampling still finds the "
+    "retrieved answer (1 - share of the time), which DAPO can reinforce: the (c) > (b) setting.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")
 
@@ -74,6 +79,8 @@ def build_world(wdir: Path) -> None:
     got, stats = oracle.generate(items, retriever)
     if _SHORTCUT.value > 0:
       got, stats["shortcut_traces"] = shortcut_traces(got, items, _SHORTCUT.value)
+    if _ECHO.value > 0:
+      got, stats["echo_traces"] = echo_traces(got, items, _ECHO.value)
     traces.write_jsonl(wdir / "traces.jsonl", got)
     print("oracle traces:", stats, flush=True)
   test = [json.loads(l) for l in (wdir / "questions_test.jsonl").read_text().splitlines()]
@@ -99,6 +106,27 @@ def shortcut_traces(got: list, items: list[dict], share: float, seed: int = 0):
       t = dataclasses.replace(t, response=t.response[:cut] + f" So the answer is {b}.</think>\n"
                               f"<answer> {b} </answer>", meta={**t.meta, "shortcut": True})
       n += 1
+    out.append(t)
+  return out, n
+
+
+def echo_traces(got: list, items: list[dict], share: float, seed: int = 0):
+  """Rewrites `share` of the 1-hop traces so that the teacher's conclusion and answer are the
+  question's subject instead of the retrieved answer. Returns (traces, count)."""
+  import dataclasses
+  import random
+  one = {it["id"]: it for it in items if it.get("type") == "1hop"}
+  rng, out, n = random.Random(seed), [], 0
+  for t in got:
+    it = one.get(t.meta.get("id"))
+    if it is not None and rng.random() < share:
+      gold, subject = it["hops"][0]["answer"], it["hops"][0]["subject"]
+      cut = t.response.rfind(" So ")          # the conclusion after the quoted evidence
+      tail = t.response[cut:]
+      if cut > 0 and gold in tail:
+        t = dataclasses.replace(t, response=t.response[:cut] + tail.replace(gold, subject),
+                                meta={**t.meta, "echo": True})
+        n += 1
     out.append(t)
   return out, n
 
@@ -169,7 +197,7 @@ def main(argv: Sequence[str]) -> None:
              for k in ("1hop", "2hop")}
   search = rl.open_retriever(cfg.retriever)
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
-             "teacher_shortcut": _SHORTCUT.value}
+             "teacher_shortcut": _SHORTCUT.value, "teacher_echo": _ECHO.value}
   t = time.perf_counter()
   results["a_sft_no_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, NoResults())
   results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)

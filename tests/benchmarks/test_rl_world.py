@@ -1,0 +1,23 @@
+"""The imperfect-teacher rewrites of benchmarks/rl_world.py change only what they claim to."""
+from benchmarks import rl_world
+from masksearch_jax.data.traces import Trace
+
+ONE = {"id": "q1", "type": "1hop", "hops": [{"subject": "Braev Point", "answer": "238,905"}]}
+TWO = {"id": "q2", "type": "2hop", "hops": [{"subject": "Ritath Works", "answer": "Stou"},
+                                            {"subject": "Stou", "answer": "Peitru Harbor"}]}
+R1 = ('<think>I search.</think>\n<search> Braev Point population </search>\n\n<information>Doc 1'
+      '(Title: Braev Point) It has a population of 238,905.</information>\n\n<think>Doc 1 says: '
+      '"It has a population of 238,905." So the population is 238,905, and the answer is 238,905.'
+      '</think>\n<answer> 238,905 </answer>')
+
+
+def test_echo_rewrites_the_conclusion_not_the_evidence():
+  traces = [Trace("p1", R1, meta={"id": "q1"}), Trace("p2", "<answer> Peitru Harbor </answer>",
+                                                      meta={"id": "q2"})]
+  out, n = rl_world.echo_traces(traces, [ONE, TWO], share=1.0)
+  assert n == 1 and out[0].meta["echo"] and "echo" not in out[1].meta
+  assert out[0].response.endswith("<answer> Braev Point </answer>")
+  assert 'population of 238,905."' in out[0].response           # the quoted evidence is intact
+  assert "and the answer is Braev Point." in out[0].response
+  assert out[1].response == traces[1].response                  # 2-hop traces untouched
+  assert rl_world.echo_traces(traces, [ONE, TWO], share=0.0)[1] == 0
