@@ -11,7 +11,8 @@ SFT rows per model (--modes=sft):
   fwd+bwd   jit(value_and_grad) of the SFT loss (what benchmarks/forward.py measures)
   sft step  the trainer's jitted, donated update: accumulated grads + clip + AdamW + new state
 The gap between them is the optimizer and state traffic. Inputs are packed-layout rows (segment
-ids and positions given, so attention gets a mask as in real SFT), every token a loss token.
+ids and positions given, so attention gets a mask as in real SFT), every token a loss token;
+--nopacked measures one example per row (pack_window=1: causal-only attention).
 MFU = train_flops_per_token (train/flops.py) x tokens/s / device peak (H100/H200: 989 TFLOP/s).
 
 DAPO rows (--modes=dapo, benchmarks/dapo_step.py): prompts_per_step x group_size rollouts of a
@@ -58,6 +59,8 @@ _TOKEN_CHUNK = flags.DEFINE_integer("token_chunk", 4096, "Chunked loss: tokens p
 _VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 0, "Chunked loss: vocab per chunk (0: all).")
 _ACCURACY = flags.DEFINE_bool("accuracy", False, "Also compute next-token accuracy (one more "
                               "forward pass of the unembedding).")
+_PACKED = flags.DEFINE_bool("packed", True, "SFT rows as packed (explicit segment mask) or one "
+                             "example per row (pack_window=1: causal-only attention).")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"],
                                  "Master weights / optimizer state dtype.")
 _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh over all local devices.")
@@ -115,7 +118,7 @@ def bench_model(name: str) -> list[dict]:
       attn_impl=_attn_impl(), remat=_REMAT.value, loss_impl=_LOSS.value, scan_layers=_SCAN.value,
       token_chunk=_TOKEN_CHUNK.value, vocab_chunk=_VOCAB_CHUNK.value, accuracy=_ACCURACY.value,
       param_dtype=_PARAM_DTYPE.value, compute_dtype="bfloat16", mesh=_MESH.value,
-      learning_rate=1e-5, warmup_steps=0, steps=1000)
+      learning_rate=1e-5, warmup_steps=0, steps=1000, pack_window=64 if _PACKED.value else 1)
   n_dev = len(jax.devices())
   config_lib.validate(cfg, n_dev)
   mcfg = config_lib.model_config(cfg)

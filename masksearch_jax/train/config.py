@@ -63,7 +63,8 @@ class TrainConfig:
   max_examples: int = 0                # use only the first N records (0 = all)
   num_epochs: int = 0                  # 0 = repeat forever
   shuffle: bool = True                # a new seeded order each epoch
-  pack_window: int = 64                # examples packed together (first fit)
+  pack_window: int = 64                # examples packed together (first fit); 1 = one per row,
+                                       # which lets attention use the causal-only fast path
   # ---- curriculum by mask count (RAMP records carry `mask_num`)
   curriculum: str = "mix"              # mix (random mix) | steps | loss  ('true'=steps, 'false'=mix)
   curriculum_stages: tuple[int, ...] = (1, 2, 3, 4)  # mask counts, one stage each, in order

@@ -111,9 +111,14 @@ def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
   compute_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
                    "float16": jnp.float16}[cfg.compute_dtype]
 
+  # pack_window=1: one example per row, padding only at its tail, so the plain causal mask is
+  # exact for every real token and fused attention takes its causal fast path (no mask to read).
+  one_per_row = cfg.pack_window == 1
+
   def loss_fn(params, mb):
     targets, weights = next_token_targets(mb["tokens"], mb["segment_ids"], mb["loss_mask"])
-    h, _ = qwen2.apply(params, model_cfg, mb["tokens"], mb["positions"], mb["segment_ids"],
+    seg = None if one_per_row else mb["segment_ids"]
+    h, _ = qwen2.apply(params, model_cfg, mb["tokens"], mb["positions"], seg,
                        attn_impl=cfg.attn_impl, compute_dtype=compute_dtype, remat=cfg.remat,
                        scan_layers=cfg.scan_layers, return_hidden=True)       # [B, T, D]
     aux = {}

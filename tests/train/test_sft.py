@@ -60,6 +60,33 @@ def test_loss_matches_hand_computed_cross_entropy():
   assert float(aux["accuracy"]) == correct == float(aux_f["accuracy"])
 
 
+def test_one_example_per_row_uses_the_causal_path_with_the_same_loss(monkeypatch):
+  """pack_window=1 rows (one example, padding at the tail) give the model no segment ids, so
+  fused kernels can take the causal-only path; loss and gradients equal the masked path."""
+  from masksearch_jax.model import qwen2
+  packed = config_lib.TrainConfig(compute_dtype="float32", loss_impl="full", attn_impl="jax")
+  single = packed.replace(pack_window=1)
+  mcfg = config_lib.model_config(packed).replace(vocab_size=40)
+  mb = {"tokens": jnp.array([[3, 4, 5, 6, 7, 0, 0, 0], [9, 8, 7, 6, 5, 4, 3, 2]]),
+        "segment_ids": jnp.array([[1] * 5 + [0] * 3, [1] * 8]),
+        "positions": jnp.array([[0, 1, 2, 3, 4, 0, 0, 0], list(range(8))]),
+        "loss_mask": jnp.array([[0, 1, 1, 1, 1, 0, 0, 0], [0] + [1] * 7])}
+  params = qwen2.init_params(mcfg, jax.random.key(1, impl="rbg"))
+  grad = lambda c: jax.jit(jax.grad(lambda p: sft.make_loss_fn(mcfg, c)(p, mb)[0]))(params)
+  lp, ls = (jax.jit(lambda p, c=c: sft.make_loss_fn(mcfg, c)(p, mb)[0])(params)
+            for c in (packed, single))
+  np.testing.assert_allclose(float(ls), float(lp), rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grad(packed), grad(single))
+  from masksearch_jax.model import attention
+  seen, real = [], attention.attend
+  monkeypatch.setattr(attention, "attend", lambda *a, **k: seen.append(k["causal_only"]) or
+                      real(*a, **k))
+  for c in (packed, single):
+    jax.make_jaxpr(lambda p: sft.make_loss_fn(mcfg, c)(p, mb)[0])(params)
+  n = len(seen) // 2                    # one trace per layer body: masked path, then causal
+  assert n >= 1 and seen == [False] * n + [True] * n, seen
+
+
 # ------------------------------------------------------------------------------ records
 def test_record_layouts():
   enc = lambda r: sft.encode_record(r, None, vocab_size=50)
