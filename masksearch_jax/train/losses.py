@@ -80,7 +80,11 @@ def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: j
                            token_chunk: int = 1024, vocab_chunk: int = 16384) -> jax.Array:
   """log p(target) [B, T] f32 from final hidden states [B, T, D] and unembedding [V, D].
 
-  Equals token_logprobs(hidden @ unembedding.T, targets) up to float rounding.
+  Equals token_logprobs(hidden @ unembedding.T, targets) up to float rounding. Chunks run along
+  the sequence with every row in each chunk ([chunks, B, T/chunks]): the scan is over an axis no
+  mesh shards, so data-parallel rows stay on their devices. (Chunking the flattened B*T tokens
+  instead made XLA gather every row onto every device: each computed the whole batch's logits —
+  twice the unembedding work on 2 GPUs, and out of memory with `data=2` for the 1.5B shape.)
   """
   b, t, d = hidden.shape
   vocab = unembedding.shape[0]
@@ -88,17 +92,17 @@ def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: j
     raise ValueError(f"chunked_token_logprobs: unembedding shape {unembedding.shape} is not "
                      f"[vocab, d_model={d}]")
   vocab_chunk = min(vocab_chunk, vocab)
-  n = b * t
-  token_chunk = min(token_chunk, n)
-  num_tok_chunks = -(-n // token_chunk)
-  pad = num_tok_chunks * token_chunk - n
-  x = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0)))                         # [n + pad, D]
-  tgt = jnp.pad(targets.reshape(n).astype(jnp.int32), (0, pad))                 # [n + pad]
-  xs = x.reshape(num_tok_chunks, token_chunk, d)
-  ts = tgt.reshape(num_tok_chunks, token_chunk)
-  fn = lambda xt: _chunk_logprobs(xt[0], xt[1], unembedding, vocab_chunk)
-  out = jax.lax.map(fn, (xs, ts))                                               # [chunks, tc]
-  return out.reshape(-1)[:n].reshape(b, t)
+  per_row = max(1, min(token_chunk // b, t))                     # tokens of each row per chunk
+  chunks = -(-t // per_row)
+  pad = chunks * per_row - t
+  x = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))                                # [B, T', D]
+  tgt = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))                   # [B, T']
+  xs = x.reshape(b, chunks, per_row, d).swapaxes(0, 1)                            # [C, B, r, D]
+  ts = tgt.reshape(b, chunks, per_row).swapaxes(0, 1)                             # [C, B, r]
+  fn = lambda xt: _chunk_logprobs(xt[0].reshape(b * per_row, d), xt[1].reshape(-1), unembedding,
+                                  vocab_chunk).reshape(b, per_row)
+  out = jax.lax.map(fn, (xs, ts))                                                 # [C, B, r]
+  return out.swapaxes(0, 1).reshape(b, chunks * per_row)[:, :t]
 
 
 def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array,
