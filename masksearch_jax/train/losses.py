@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from masksearch_jax.model.matmul import einsum_f32_out
 
 __all__ = ["token_logprobs", "masked_cross_entropy", "chunked_token_logprobs",
-           "chunked_cross_entropy"]
+           "chunked_cross_entropy", "map_token_chunks"]
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -76,22 +76,16 @@ def _chunk_logprobs(x: jax.Array, tgt: jax.Array, unembedding: jax.Array,
   return tgt_logit - (run_max + jnp.log(run_sum))
 
 
-def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, *,
-                           token_chunk: int = 1024, vocab_chunk: int = 16384) -> jax.Array:
-  """log p(target) [B, T] f32 from final hidden states [B, T, D] and unembedding [V, D].
+def map_token_chunks(fn, hidden: jax.Array, targets: jax.Array, token_chunk: int) -> jax.Array:
+  """fn(x [n, D], tgt [n]) -> [n] applied over chunks of ~token_chunk tokens; returns [B, T].
 
-  Equals token_logprobs(hidden @ unembedding.T, targets) up to float rounding. Chunks run along
-  the sequence with every row in each chunk ([chunks, B, T/chunks]): the scan is over an axis no
-  mesh shards, so data-parallel rows stay on their devices. (Chunking the flattened B*T tokens
-  instead made XLA gather every row onto every device: each computed the whole batch's logits —
-  twice the unembedding work on 2 GPUs, and out of memory with `data=2` for the 1.5B shape.)
+  Chunks run along the sequence with every row in each chunk ([chunks, B, T/chunks]): the scan is
+  over an axis no mesh shards, so data-parallel rows stay on their devices. (Chunking the
+  flattened B*T tokens instead made XLA gather every row onto every device: each computed the
+  whole batch's logits — twice the unembedding work on 2 GPUs, and out of memory with `data=2`
+  for the 1.5B shape.)
   """
   b, t, d = hidden.shape
-  vocab = unembedding.shape[0]
-  if unembedding.ndim != 2 or unembedding.shape[1] != d:
-    raise ValueError(f"chunked_token_logprobs: unembedding shape {unembedding.shape} is not "
-                     f"[vocab, d_model={d}]")
-  vocab_chunk = min(vocab_chunk, vocab)
   per_row = max(1, min(token_chunk // b, t))                     # tokens of each row per chunk
   chunks = -(-t // per_row)
   pad = chunks * per_row - t
@@ -99,10 +93,24 @@ def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: j
   tgt = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))                   # [B, T']
   xs = x.reshape(b, chunks, per_row, d).swapaxes(0, 1)                            # [C, B, r, D]
   ts = tgt.reshape(b, chunks, per_row).swapaxes(0, 1)                             # [C, B, r]
-  fn = lambda xt: _chunk_logprobs(xt[0].reshape(b * per_row, d), xt[1].reshape(-1), unembedding,
-                                  vocab_chunk).reshape(b, per_row)
-  out = jax.lax.map(fn, (xs, ts))                                                 # [C, B, r]
+  one = lambda xt: fn(xt[0].reshape(b * per_row, d), xt[1].reshape(-1)).reshape(b, per_row)
+  out = jax.lax.map(one, (xs, ts))                                                # [C, B, r]
   return out.swapaxes(0, 1).reshape(b, chunks * per_row)[:, :t]
+
+
+def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, *,
+                           token_chunk: int = 1024, vocab_chunk: int = 16384) -> jax.Array:
+  """log p(target) [B, T] f32 from final hidden states [B, T, D] and unembedding [V, D].
+
+  Equals token_logprobs(hidden @ unembedding.T, targets) up to float rounding.
+  """
+  d = hidden.shape[-1]
+  if unembedding.ndim != 2 or unembedding.shape[1] != d:
+    raise ValueError(f"chunked_token_logprobs: unembedding shape {unembedding.shape} is not "
+                     f"[vocab, d_model={d}]")
+  vocab_chunk = min(vocab_chunk, unembedding.shape[0])
+  return map_token_chunks(lambda x, tgt: _chunk_logprobs(x, tgt, unembedding, vocab_chunk),
+                          hidden, targets, token_chunk)
 
 
 def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array,

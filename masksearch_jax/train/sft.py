@@ -89,21 +89,13 @@ def next_token_targets(tokens: jax.Array, segment_ids: jax.Array, loss_mask: jax
 
 def _correct_chunked(hidden, unembedding, targets, weights, token_chunk: int):
   """Weighted count of argmax(logits) == target, walking token chunks (no gradient)."""
-  b, t, d = hidden.shape
-  n = b * t
-  token_chunk = min(token_chunk, n)
-  chunks = -(-n // token_chunk)
-  pad = chunks * token_chunk - n
-  x = jnp.pad(jax.lax.stop_gradient(hidden).reshape(n, d), ((0, pad), (0, 0)))
-  tg = jnp.pad(targets.reshape(n), (0, pad)).reshape(chunks, token_chunk)
   w = jax.lax.stop_gradient(unembedding)
 
-  def one(args):
-    xc, tc = args                                                             # [tc, D], [tc]
-    logits = jnp.einsum("nd,vd->nv", xc, w, preferred_element_type=jnp.float32)
-    return jnp.argmax(logits, axis=-1) == tc
-  hit = jax.lax.map(one, (x.reshape(chunks, token_chunk, d), tg)).reshape(-1)[:n]
-  return jnp.sum(hit.reshape(b, t) * weights)
+  def one(x, tgt):                                                          # [n, D], [n]
+    logits = jnp.einsum("nd,vd->nv", x, w, preferred_element_type=jnp.float32)
+    return jnp.argmax(logits, axis=-1) == tgt
+  hit = losses.map_token_chunks(one, jax.lax.stop_gradient(hidden), targets, token_chunk)
+  return jnp.sum(hit * weights)
 
 
 def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
