@@ -1,8 +1,9 @@
 """One-token decode attention against the KV cache as a single Pallas (Triton) kernel.
 
-Why: at decode, XLA lowers attention over the cache to four small kernels per layer (scores,
-two softmax reductions, weighted sum); on an H100 they took ~0.6 ms of a 2.3 ms 1.5B decode step
-at batch 1 (benchmarks/RESULTS.md). This kernel does one layer's attention in one launch, split-K:
+Why: at decode, XLA lowers attention over the cache to several small kernels per layer (scores,
+softmax reductions, weighted sum), and small kernels are where a 1.5B decode step at batch 1
+spends half its time on an H100 (1.19 of 2.34 ms; benchmarks/RESULTS.md); XLA also reads the whole
+cache, filled or not. This kernel does one layer's attention in one launch, split-K:
 program (row b, kv head h, key block j) reads keys [j*blk, (j+1)*blk) of that head straight from
 the cache layout [B, S, K, Dh] (no transpose copy), skips blocks past the row's length, and writes
 a partial (max, sum, weighted values); a few XLA ops then merge the blocks (flash-decoding).
