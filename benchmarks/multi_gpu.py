@@ -143,11 +143,14 @@ def run_save() -> None:
 
 
 def run_restore() -> None:
+  expected = Path(_WORKDIR.value) / "expected.npz"
+  if not expected.exists():                      # checked before building anything
+    raise SystemExit(f"{expected} not found: run --mode=save with this --workdir first")
   cfg, mcfg, run = _setup()
   run.mgr.close()
   if run.data_state is None and int(run.state.step) == 0:
     raise SystemExit(f"no checkpoint restored from {cfg.workdir}")
-  want = np.load(Path(cfg.workdir) / "expected.npz")
+  want = np.load(expected)
   got = _logits(run.state.params, mcfg)
   diff = float(np.abs(got - want["logits"]).max())
   flat = _flat(run.state.params)

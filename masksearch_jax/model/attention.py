@@ -68,15 +68,16 @@ def shard_specs(mesh, batch: int, heads: int, kv_heads: int) -> tuple[P, P] | No
   return P(r, None, head, None), P(r, None, None)
 
 
-def _per_shard(fn, q, k, v, extra, extra_spec):
+def _per_shard(fn, q, k, v, extra, *, extra_is_mask: bool):
   """fn(q, k, v, extra) inside shard_map under the context mesh (see shard_specs), else direct.
-  extra_spec(rows) gives the PartitionSpec of `extra` for the row axes."""
+  `extra` is the [B, T, S] mask, or per-row lengths [B]."""
   mesh = jax.sharding.get_abstract_mesh()
   specs = shard_specs(mesh, q.shape[0], q.shape[2], k.shape[2])
   if specs is None:
     return fn(q, k, v, extra)
-  qkv, _ = specs
-  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, extra_spec(qkv[0])),
+  qkv, mask_spec = specs
+  extra_spec = mask_spec if extra_is_mask else P(qkv[0])
+  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, extra_spec),
                        out_specs=qkv, check_vma=False)(q, k, v, extra)
 
 
@@ -88,16 +89,18 @@ def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
     raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
   implementation = "cudnn" if impl == "cudnn" else None
   fn = lambda q, k, v, m: _fused(q, k, v, m, implementation, causal_only)
-  return _per_shard(fn, q, k, v, mask, lambda rows: P(rows, None, None))
+  return _per_shard(fn, q, k, v, mask, extra_is_mask=True)
 
 
 def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):
   """One new token per row against the cache (q [B, 1, H, Dh], k/v the cache [B, S, K, Dh],
   lengths [B]: slots < length are visible, the same as `mask`). impl="pallas" runs the one-kernel
-  decode (model/decode_attention.py; interpret mode off GPU) where its shapes allow; everything
-  else goes through `attend`."""
-  if impl != "pallas" or not decode_attention.supported(q.shape, k.shape):
+  decode (model/decode_attention.py, a Triton kernel: on GPUs, and in interpret mode on CPU for
+  tests) where its shapes allow; everything else (TPUs included) goes through `attend`."""
+  backend = jax.default_backend()
+  if (impl != "pallas" or backend not in ("gpu", "cpu")
+      or not decode_attention.supported(q.shape, k.shape)):
     return attend(q, k, v, mask, impl=impl)
-  interpret = jax.default_backend() != "gpu"
+  interpret = backend == "cpu"
   fn = lambda q, k, v, n: decode_attention.decode_attend(q, k, v, n, interpret=interpret)
-  return _per_shard(fn, q, k, v, lengths, lambda rows: P(rows))
+  return _per_shard(fn, q, k, v, lengths, extra_is_mask=False)
