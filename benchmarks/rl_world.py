@@ -55,6 +55,8 @@ _ECHO = flags.DEFINE_float(
     "the question's subject (the entity it searched for) instead of the retrieved answer: a "
     "systematic teacher error. Above 0.5 the greedy SFT model echoes; sampling still finds the "
     "retrieved answer (1 - share of the time), which DAPO can reinforce: the (c) > (b) setting.")
+_SEED = flags.DEFINE_integer("seed", 0, "SFT and DAPO seed (weights init, data order, sampling); "
+                             "SFT replicas in different --shared dirs need different seeds.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")
 
@@ -139,7 +141,7 @@ def run_sft(wdir: Path, out: Path):
       workdir=str(out), steps=_SFT_STEPS.value, learning_rate=_SFT_LR.value,
       warmup_steps=min(20, _SFT_STEPS.value // 10),
       batch_size=_SFT_BATCH.value, seq_len=_SFT_SEQ.value, export_dtype="float32",
-      save_every=max(_SFT_STEPS.value // 2, 1))
+      save_every=max(_SFT_STEPS.value // 2, 1), seed=_SEED.value)
   if not (out / "hf" / "config.json").exists():
     t = time.perf_counter()
     res = sft.train(cfg)
@@ -165,7 +167,7 @@ def rl_config(wdir: Path, sft_dir: Path, out: Path):
       reward=dict(format_weight=_FORMAT_W.value, answer_weight=1.0,
                   answer_metric=_METRIC.value, answer_requires_format=_NEEDS_FORMAT.value),
       sampler_dtype="float32" if _SLICE.value == "cpu" else "bfloat16",
-      export_hf_at_end=False, save_every=max(_RL_STEPS.value // 4, 1))
+      export_hf_at_end=False, save_every=max(_RL_STEPS.value // 4, 1), seed=_SEED.value)
 
 
 def evaluate(cfg, params, mcfg, tok, mesh, examples, retriever) -> dict:
@@ -197,7 +199,8 @@ def main(argv: Sequence[str]) -> None:
              for k in ("1hop", "2hop")}
   search = rl.open_retriever(cfg.retriever)
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
-             "teacher_shortcut": _SHORTCUT.value, "teacher_echo": _ECHO.value}
+             "teacher_shortcut": _SHORTCUT.value, "teacher_echo": _ECHO.value,
+             "seed": _SEED.value}
   t = time.perf_counter()
   results["a_sft_no_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, NoResults())
   results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)
