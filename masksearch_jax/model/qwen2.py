@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from masksearch_jax.model import attention
-from masksearch_jax.model.matmul import einsum_f32_out
+from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
 from masksearch_jax.model.config import Qwen2Config
 
 Params = dict[str, Any]
@@ -116,22 +116,22 @@ def _projections(cfg, x, lp, c):
   b, t, _ = x.shape
   if "qkv" in lp:                                       # decode_layout: one fused matmul
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
-    y = jnp.einsum("btd,de->bte", x, c(lp["qkv"])) + c(lp["qkv_bias"])
+    y = rows_einsum("btd,de->bte", x, c(lp["qkv"])) + c(lp["qkv_bias"])
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return (q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh))
-  q = jnp.einsum("btd,dhk->bthk", x, c(lp["q"])) + c(lp["q_bias"])
-  k = jnp.einsum("btd,dhk->bthk", x, c(lp["k"])) + c(lp["k_bias"])
-  v = jnp.einsum("btd,dhk->bthk", x, c(lp["v"])) + c(lp["v_bias"])
+  q = rows_einsum("btd,dhk->bthk", x, c(lp["q"])) + c(lp["q_bias"])
+  k = rows_einsum("btd,dhk->bthk", x, c(lp["k"])) + c(lp["k_bias"])
+  v = rows_einsum("btd,dhk->bthk", x, c(lp["v"])) + c(lp["v_bias"])
   return q, k, v
 
 
 def _mlp_in(x, lp, c):
   """silu(gate) * up [B, T, F] from either param layout."""
   if "gate_up" in lp:
-    g, u = jnp.split(jnp.einsum("btd,df->btf", x, c(lp["gate_up"])), 2, axis=-1)
+    g, u = jnp.split(rows_einsum("btd,df->btf", x, c(lp["gate_up"])), 2, axis=-1)
   else:
-    g = jnp.einsum("btd,df->btf", x, c(lp["gate"]))
-    u = jnp.einsum("btd,df->btf", x, c(lp["up"]))
+    g = rows_einsum("btd,df->btf", x, c(lp["gate"]))
+    u = rows_einsum("btd,df->btf", x, c(lp["up"]))
   return jax.nn.silu(g) * u
 
 
@@ -155,9 +155,9 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
-  h = h + jnp.einsum("bthk,hkd->btd", a, c(lp["o"]))
+  h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
   x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
-  h = h + jnp.einsum("btf,fd->btd", _mlp_in(x, lp, c), c(lp["down"]))
+  h = h + rows_einsum("btf,fd->btd", _mlp_in(x, lp, c), c(lp["down"]))
   return h, new_kv
 
 
