@@ -55,7 +55,7 @@ _ECHO = flags.DEFINE_float(
     "the question's subject (the entity it searched for) instead of the retrieved answer: a "
     "systematic teacher error. Above 0.5 the greedy SFT model echoes; sampling still finds the "
     "retrieved answer (1 - share of the time), which DAPO can reinforce: the (c) > (b) setting.")
-_SEED = flags.DEFINE_integer("seed", 0, "SFT and DAPO seed (weights init, data order, sampling); "
+_SEED = flags.DEFINE_integer("train_seed", 0, "SFT and DAPO seed (weights init, data order, sampling); "
                              "SFT replicas in different --shared dirs need different seeds.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")

@@ -32,6 +32,12 @@ def _bwd(spec, res, g):
 einsum_f32_out.defvjp(_fwd, _bwd)
 
 
+# XLA:GPU strength-reduces a vector x matrix dot whose operands hold fewer elements than this
+# (xla/service/gpu/transforms/algebraic_simplifier.cc); larger ones already run as gemms, and a
+# zero row there would only add a pad kernel per call (measured ~1.4 us each on an H100).
+_XLA_GPU_SMALL_DOT = 10_000_000
+
+
 def rows_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   """`jnp.einsum(spec, x, w)` for activations x [B, T, ...] times a weight, that stays a matmul
   when B * T == 1 (batch-1 decoding).
@@ -41,9 +47,10 @@ def rows_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   back. Measured on an H100 (1.5B, batch 1): the q/k/v and o projections then took 617 us of a
   2.26 ms decode step for 308 MB of weights (~100 us at the copy bandwidth). A second, zero row
   behind an optimization barrier (XLA cannot see it is zero, so the operand is not a vector)
-  keeps the product a gemm; the extra row costs one more row of a weight-bound matmul.
+  keeps the product a gemm; the extra row costs one more row of a weight-bound matmul. Products
+  at or above XLA's size threshold are left alone.
   """
-  if x.shape[0] * x.shape[1] != 1:
+  if x.shape[0] * x.shape[1] != 1 or x.size + w.size >= _XLA_GPU_SMALL_DOT:
     return jnp.einsum(spec, x, w)
   x2 = jax.lax.optimization_barrier(jnp.concatenate([x, jnp.zeros_like(x)], axis=0))
   y = jax.lax.optimization_barrier(jnp.einsum(spec, x2, w))    # the slice must not move inside

@@ -12,6 +12,7 @@ from masksearch_jax.model import matmul
     ("btd,de->bte", (3, 2, 8), (8, 6)),            # several rows: plain einsum
     ("bthk,hkd->btd", (1, 1, 2, 4), (2, 4, 8)),    # the o projection, one row
     ("btd,dhk->bthk", (1, 1, 8), (8, 2, 4)),
+    ("btd,de->bte", (1, 1, 4096), (4096, 2500)),   # at XLA's size threshold: plain einsum
 ])
 def test_rows_einsum_equals_einsum_values_and_grads(spec, xs, ws):
   kx, kw = jax.random.split(jax.random.PRNGKey(0))
@@ -33,6 +34,9 @@ def test_one_row_product_stays_a_dot_in_the_lowered_program():
   text = jax.jit(matmul.rows_einsum, static_argnums=0).lower("btd,de->bte", x, w).as_text()
   assert "optimization_barrier" in text
   assert "tensor<2x1x8xf32>" in text
+  big = jax.jit(matmul.rows_einsum, static_argnums=0).lower(
+      "btd,de->bte", jnp.ones((1, 1, 4096)), jnp.ones((4096, 2500))).as_text()
+  assert "optimization_barrier" not in big
 
 
 def test_einsum_f32_out_returns_float32_and_bf16_grads():
