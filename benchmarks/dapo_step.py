@@ -56,7 +56,7 @@ class DapoBench:
   steps: int = 2
   chunk_steps: int = 64
   attn_impl: str = "cudnn"
-  sampler_attn_impl: str = ""          # "" = attn_impl (as rl.make_sampler does)
+  sampler_attn_impl: str = ""          # RLConfig.sampler_attn_impl ("" = attn_impl)
   scan_layers: bool = True
   remat: str = "dots_no_batch"
   loss_impl: str = "chunked"
@@ -132,7 +132,8 @@ def rl_config(name: str, b: DapoBench, workdir: str) -> rl.RLConfig:
       micro_batches=b.micro_batches, attn_impl=b.attn_impl, scan_layers=b.scan_layers,
       remat=b.remat, loss_impl=b.loss_impl, token_chunk=b.token_chunk,
       vocab_chunk=b.vocab_chunk, param_dtype=b.param_dtype, compute_dtype="bfloat16",
-      sampler_dtype="bfloat16", mesh=b.mesh, learning_rate=1e-6, warmup_steps=0, steps=1000,
+      sampler_dtype="bfloat16", sampler_attn_impl=b.sampler_attn_impl, mesh=b.mesh,
+      learning_rate=1e-6, warmup_steps=0, steps=1000,
       reward=dict(answer_metric="recall"))
 
 
@@ -169,7 +170,7 @@ def _bench(name, b, cfg, mcfg, run, n_dev) -> dict[str, Any]:
   sampler = sampler_lib.Sampler(
       mcfg, tok, base.scfg, base.rcfg, retriever=retriever, protocol=cfg.reward.protocol,
       compute_dtype=dt, cache_dtype=dt,
-      attn_impl=b.sampler_attn_impl or cfg.attn_impl, scan_layers=cfg.sampler_scan_layers,
+      attn_impl=cfg.sampler_attn_impl or cfg.attn_impl, scan_layers=cfg.sampler_scan_layers,
       logits_hook=_hook(script), mesh=run.mesh)
   rec = _Recording(sampler)
   gen = collect.Generator(rec, tok, cfg)

@@ -80,6 +80,7 @@ class Engine:
     self.hook = logits_hook
     self.scan_layers = scan_layers
     self._constrain = state_sharding or (lambda s: s)
+    self.attn_impl = attn_impl
     self._model = functools.partial(qwen2.apply, cfg=cfg, attn_impl=attn_impl,
                                     compute_dtype=compute_dtype, scan_layers=scan_layers)
     on = lambda f: mesh_lib.under_mesh(f, mesh)     # fused attention runs per shard under it

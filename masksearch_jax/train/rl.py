@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from masksearch_jax import tokenizer as tok_lib
-from masksearch_jax.model import qwen2
+from masksearch_jax.model import attention, qwen2
 from masksearch_jax.model.config import Qwen2Config
 from masksearch_jax.parallel import mesh as mesh_lib
 from masksearch_jax.rl import collect, dapo, dynamic_sampling, rewards
@@ -71,6 +71,7 @@ class RLConfig(TrainConfig):
   top_k_docs: int = 3
   sampler_dtype: str = "bfloat16"      # rollout compute + KV cache
   sampler_scan_layers: bool = False    # unrolled decode (per-layer buffers) is ~2x faster on GPU
+  sampler_attn_impl: str = ""          # rollout attention ("" = attn_impl); "pallas": one-kernel decode
   # update
   mini_batches: int = 1                # optimizer updates per RL step
   adv_eps: float = 1e-6
@@ -119,6 +120,9 @@ def validate(cfg: RLConfig, num_devices: int) -> None:
     errors.append(f"max_gen_rounds={cfg.max_gen_rounds} must be >= 1")
   if cfg.sampler_dtype not in _DTYPES:
     errors.append(f"sampler_dtype={cfg.sampler_dtype!r} (one of {sorted(_DTYPES)})")
+  if cfg.sampler_attn_impl and cfg.sampler_attn_impl not in attention.IMPLEMENTATIONS:
+    errors.append(f"sampler_attn_impl={cfg.sampler_attn_impl!r} (one of "
+                  f"{attention.IMPLEMENTATIONS}, or empty for attn_impl)")
   if errors:
     raise ValueError("invalid RL config:\n  " + "\n  ".join(errors))
 
@@ -233,8 +237,8 @@ def make_sampler(model_cfg, tok, cfg: RLConfig, retriever, mesh=None, *, greedy:
   return sampler_lib.Sampler(model_cfg, tok, scfg, rcfg,
                              retriever=retriever if use_tools else None,
                              protocol=cfg.reward.protocol, compute_dtype=dt, cache_dtype=dt,
-                             attn_impl=cfg.attn_impl, scan_layers=cfg.sampler_scan_layers,
-                             mesh=mesh)
+                             attn_impl=cfg.sampler_attn_impl or cfg.attn_impl,
+                             scan_layers=cfg.sampler_scan_layers, mesh=mesh)
 
 
 def _stream_curriculum(cfg: RLConfig) -> str:

@@ -136,6 +136,20 @@ def test_validate_names_fields():
   with pytest.raises(ValueError, match="group_size=1"):
     rl.validate(_cfg(group_size=1), 1)
   rl.validate(_cfg(), 1)
+  with pytest.raises(ValueError, match="sampler_attn_impl='flash'"):
+    rl.validate(_cfg(sampler_attn_impl="flash"), 1)
+
+
+def test_rollout_attention_has_its_own_field():
+  """The trainer may use cuDNN while rollouts use the one-kernel Pallas decode, or follow it."""
+  from benchmarks.common import SyntheticTokenizer
+  mcfg = model_config.get_config("tiny")
+  tok = SyntheticTokenizer(mcfg.vocab_size)
+  for field, want in (("", "cudnn"), ("pallas", "pallas")):
+    cfg = _cfg(attn_impl="cudnn", sampler_attn_impl=field)
+    rl.validate(cfg, 1)
+    s = rl.make_sampler(mcfg, tok, cfg, types.SimpleNamespace(search=lambda q, k: []), None)
+    assert s.engine.attn_impl == want
 
 
 # ------------------------------------------------------------------------------ the loop
