@@ -200,7 +200,7 @@ def main(argv: Sequence[str]) -> None:
   search = rl.open_retriever(cfg.retriever)
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
              "teacher_shortcut": _SHORTCUT.value, "teacher_echo": _ECHO.value,
-             "seed": _SEED.value}
+             "train_seed": _SEED.value}
   t = time.perf_counter()
   results["a_sft_no_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, NoResults())
   results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)
