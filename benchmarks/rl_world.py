@@ -57,6 +57,11 @@ _ECHO = flags.DEFINE_float(
     "retrieved answer (1 - share of the time), which DAPO can reinforce: the (c) > (b) setting.")
 _SEED = flags.DEFINE_integer("train_seed", 0, "SFT and DAPO seed (weights init, data order, sampling); "
                              "SFT replicas in different --shared dirs need different seeds.")
+_RL_SHARE = flags.DEFINE_float(
+    "rl_share", 0.0, "Share of the world's training questions held back from SFT for DAPO's "
+    "prompts (0: DAPO samples the same questions SFT was trained on). With a share, DAPO's reward "
+    "can only come from answering questions the model has not memorised: the setting in which RL "
+    "has to improve the search-and-copy skill that held-out accuracy measures.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")
 
@@ -78,17 +83,48 @@ def build_world(wdir: Path) -> None:
   if not (wdir / "traces.jsonl").exists():
     retriever = world_search.LexicalRetriever.from_jsonl(wdir / "corpus.jsonl")
     items = [json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()]
+    items, rl_items = split_for_rl(items, _RL_SHARE.value)
+    _write_questions(wdir / "questions_sft.jsonl", items)
+    _write_questions(wdir / "questions_rl.jsonl", rl_items or items)
     got, stats = oracle.generate(items, retriever)
     if _SHORTCUT.value > 0:
       got, stats["shortcut_traces"] = shortcut_traces(got, items, _SHORTCUT.value)
     if _ECHO.value > 0:
       got, stats["echo_traces"] = echo_traces(got, items, _ECHO.value)
     traces.write_jsonl(wdir / "traces.jsonl", got)
+    (wdir / "rl_share.json").write_text(json.dumps({"rl_share": _RL_SHARE.value}))
     print("oracle traces:", stats, flush=True)
+  built = json.loads((wdir / "rl_share.json").read_text())["rl_share"] if (
+      wdir / "rl_share.json").exists() else 0.0
+  if built != _RL_SHARE.value:
+    raise ValueError(f"{wdir} was built with --rl_share={built}, not {_RL_SHARE.value}: its SFT "
+                     "traces would overlap DAPO's prompts differently; use another --shared")
+  if not (wdir / "questions_rl.jsonl").exists():       # a world built before --rl_share existed
+    _write_questions(wdir / "questions_rl.jsonl", [
+        json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()])
   test = [json.loads(l) for l in (wdir / "questions_test.jsonl").read_text().splitlines()]
   for kind in ("1hop", "2hop"):
-    (wdir / f"questions_test_{kind}.jsonl").write_text(
-        "".join(json.dumps(q) + "\n" for q in test if q.get("type") == kind))
+    _write_questions(wdir / f"questions_test_{kind}.jsonl",
+                     [q for q in test if q.get("type") == kind])
+
+
+def _write_questions(path: Path, rows: list[dict]) -> None:
+  path.write_text("".join(json.dumps(q) + "\n" for q in rows))
+
+
+def split_for_rl(items: list[dict], share: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+  """(SFT questions, DAPO questions): a seeded `share` of the training questions, stratified by
+  hop count so both parts keep the 1-hop / 2-hop mix. share 0 gives (items, [])."""
+  import random
+  if not 0.0 <= share < 1.0:
+    raise ValueError(f"--rl_share must be in [0, 1), got {share}")
+  rng = random.Random(f"rl_share|{seed}")
+  held = set()
+  for kind in sorted({it.get("type", "") for it in items}):
+    ids = [it["id"] for it in items if it.get("type", "") == kind]
+    rng.shuffle(ids)
+    held.update(ids[:round(share * len(ids))])
+  return [it for it in items if it["id"] not in held], [it for it in items if it["id"] in held]
 
 
 _MARK = " Now I need to find"
@@ -133,6 +169,10 @@ def echo_traces(got: list, items: list[dict], share: float, seed: int = 0):
   return out, n
 
 
+def _count_lines(path: Path) -> int:
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def run_sft(wdir: Path, out: Path):
   from masksearch_jax.train import config as config_lib, sft
   cfg = config_lib.load_config(
@@ -156,7 +196,7 @@ def rl_config(wdir: Path, sft_dir: Path, out: Path):
   return config_lib.load_config(
       str(ROOT / "configs/rl_world.py"), str(ROOT / f"configs/slices/{_SLICE.value}.py"),
       cls=RLConfig, model=_MODEL.value, init_from=str(sft_dir),
-      tokenizer=str(wdir / "tokenizer"), data=(str(wdir / "questions_train.jsonl"),),
+      tokenizer=str(wdir / "tokenizer"), data=(str(wdir / "questions_rl.jsonl"),),
       eval_data=(str(wdir / "questions_test.jsonl"),), eval_limit=_EVAL_N.value,
       eval_every=_EVAL_EVERY.value, retriever=f"lexical:{wdir / 'corpus.jsonl'}",
       workdir=str(out), steps=_RL_STEPS.value, learning_rate=_RL_LR.value,
@@ -200,7 +240,9 @@ def main(argv: Sequence[str]) -> None:
   search = rl.open_retriever(cfg.retriever)
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
              "teacher_shortcut": _SHORTCUT.value, "teacher_echo": _ECHO.value,
-             "train_seed": _SEED.value}
+             "train_seed": _SEED.value, "rl_share": _RL_SHARE.value,
+             "sft_questions": _count_lines(wdir / "questions_sft.jsonl"),
+             "rl_questions": _count_lines(wdir / "questions_rl.jsonl")}
   t = time.perf_counter()
   results["a_sft_no_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, NoResults())
   results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)

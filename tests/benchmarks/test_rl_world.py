@@ -21,3 +21,17 @@ def test_echo_rewrites_the_conclusion_not_the_evidence():
   assert "and the answer is Braev Point." in out[0].response
   assert out[1].response == traces[1].response                  # 2-hop traces untouched
   assert rl_world.echo_traces(traces, [ONE, TWO], share=0.0)[1] == 0
+
+
+def test_rl_share_holds_back_disjoint_questions_per_hop_type():
+  items = [{"id": f"a{i}", "type": "1hop"} for i in range(10)]
+  items += [{"id": f"b{i}", "type": "2hop"} for i in range(20)]
+  sft, rl = rl_world.split_for_rl(items, 0.5)
+  assert {q["id"] for q in sft}.isdisjoint({q["id"] for q in rl})
+  assert len(sft) + len(rl) == 30
+  assert sum(q["type"] == "1hop" for q in rl) == 5 and sum(q["type"] == "2hop" for q in rl) == 10
+  assert rl_world.split_for_rl(items, 0.5) == (sft, rl)               # seeded
+  assert rl_world.split_for_rl(items, 0.0) == (items, [])
+  import pytest
+  with pytest.raises(ValueError, match="rl_share"):
+    rl_world.split_for_rl(items, 1.0)
