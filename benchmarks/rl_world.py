@@ -11,6 +11,7 @@ killed run continues. Prints a table and writes WORKDIR/results.json.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -62,6 +63,10 @@ _RL_SHARE = flags.DEFINE_float(
     "prompts (0: DAPO samples the same questions SFT was trained on). With a share, DAPO's reward "
     "can only come from answering questions the model has not memorised: the setting in which RL "
     "has to improve the search-and-copy skill that held-out accuracy measures.")
+_WORLD_SCALE = flags.DEFINE_integer(
+    "world_scale", 1, "Multiplies the world's entity and question counts (1: the default world, "
+    "324 entities, 1000 questions). A larger world gives DAPO more unseen prompts than it draws, so "
+    "its reward cannot come from memorising the answers of prompts it has already seen.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")
 
@@ -79,7 +84,7 @@ def build_world(wdir: Path) -> None:
   from masksearch_jax.agents import oracle
   from masksearch_jax.data import traces, world, world_search
   if not (wdir / "tokenizer" / "tokenizer.json").exists():
-    print("world:", world.build(wdir, world.WorldConfig(), tokenizer_vocab=3000), flush=True)
+    print("world:", world.build(wdir, world_config(), tokenizer_vocab=3000), flush=True)
   if not (wdir / "traces.jsonl").exists():
     retriever = world_search.LexicalRetriever.from_jsonl(wdir / "corpus.jsonl")
     items = [json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()]
@@ -92,13 +97,16 @@ def build_world(wdir: Path) -> None:
     if _ECHO.value > 0:
       got, stats["echo_traces"] = echo_traces(got, items, _ECHO.value)
     traces.write_jsonl(wdir / "traces.jsonl", got)
-    (wdir / "rl_share.json").write_text(json.dumps({"rl_share": _RL_SHARE.value}))
+    (wdir / "rl_share.json").write_text(json.dumps({"rl_share": _RL_SHARE.value,
+             "world_scale": _WORLD_SCALE.value,
+                                                    "world_scale": _WORLD_SCALE.value}))
     print("oracle traces:", stats, flush=True)
-  built = json.loads((wdir / "rl_share.json").read_text())["rl_share"] if (
-      wdir / "rl_share.json").exists() else 0.0
-  if built != _RL_SHARE.value:
-    raise ValueError(f"{wdir} was built with --rl_share={built}, not {_RL_SHARE.value}: its SFT "
-                     "traces would overlap DAPO's prompts differently; use another --shared")
+  built = json.loads((wdir / "rl_share.json").read_text()) if (
+      wdir / "rl_share.json").exists() else {}
+  for name, flag in (("rl_share", _RL_SHARE), ("world_scale", _WORLD_SCALE)):
+    if built.get(name, flag.default) != flag.value:
+      raise ValueError(f"{wdir} was built with --{name}={built.get(name, flag.default)}, not "
+                       f"{flag.value}; use another --shared")
   if not (wdir / "questions_rl.jsonl").exists():       # a world built before --rl_share existed
     _write_questions(wdir / "questions_rl.jsonl", [
         json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()])
@@ -106,6 +114,16 @@ def build_world(wdir: Path) -> None:
   for kind in ("1hop", "2hop"):
     _write_questions(wdir / f"questions_test_{kind}.jsonl",
                      [q for q in test if q.get("type") == kind])
+
+
+def world_config():
+  from masksearch_jax.data import world
+  d, k = world.WorldConfig(), _WORLD_SCALE.value
+  if k < 1:
+    raise ValueError(f"--world_scale must be >= 1, got {k}")
+  return dataclasses.replace(d, n_people=d.n_people * k, n_places=d.n_places * k,
+                             n_orgs=d.n_orgs * k, n_works=d.n_works * k,
+                             n_questions=d.n_questions * k)
 
 
 def _write_questions(path: Path, rows: list[dict]) -> None:
@@ -241,6 +259,7 @@ def main(argv: Sequence[str]) -> None:
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
              "teacher_shortcut": _SHORTCUT.value, "teacher_echo": _ECHO.value,
              "train_seed": _SEED.value, "rl_share": _RL_SHARE.value,
+             "world_scale": _WORLD_SCALE.value,
              "sft_questions": _count_lines(wdir / "questions_sft.jsonl"),
              "rl_questions": _count_lines(wdir / "questions_rl.jsonl")}
   t = time.perf_counter()
