@@ -67,6 +67,10 @@ _WORLD_SCALE = flags.DEFINE_integer(
     "world_scale", 1, "Multiplies the world's entity and question counts (1: the default world, "
     "324 entities, 1000 questions). A larger world gives DAPO more unseen prompts than it draws, so "
     "its reward cannot come from memorising the answers of prompts it has already seen.")
+_DIAG = flags.DEFINE_bool(
+    "diagnostics", False, "Also evaluate (b) and (c) sampled at the rollout temperature (4 samples "
+    "per held-out question) and greedily on DAPO's own prompts: tells sharpening of the sampled "
+    "policy and memorisation of the training prompts apart from a better greedy policy.")
 _NEEDS_FORMAT = flags.DEFINE_bool("answer_requires_format", False,
                                   "Answer reward only for well-formed responses.")
 
@@ -228,12 +232,21 @@ def rl_config(wdir: Path, sft_dir: Path, out: Path):
       export_hf_at_end=False, save_every=max(_RL_STEPS.value // 4, 1), seed=_SEED.value)
 
 
-def evaluate(cfg, params, mcfg, tok, mesh, examples, retriever) -> dict:
+def evaluate(cfg, params, mcfg, tok, mesh, examples, retriever, greedy: bool = True) -> dict:
   from masksearch_jax.rl import collect
   from masksearch_jax.train import rl
-  sampler = rl.make_sampler(mcfg, tok, cfg, retriever, mesh, greedy=True)
+  sampler = rl.make_sampler(mcfg, tok, cfg, retriever, mesh, greedy=greedy)
   return collect.evaluate_accuracy(sampler, params, tok, examples, cfg.reward.protocol,
                                    cfg.chat_template, batch_size=min(32, len(examples)))
+
+
+def diagnostics(results, tag, cfg, params, mcfg, tok, mesh, test, wdir, search) -> None:
+  """Sampled held-out accuracy (4 samples a question) and greedy accuracy on DAPO's prompts."""
+  from masksearch_jax.rl import prompts
+  seen = prompts.load_examples([wdir / "questions_rl.jsonl"], limit=_EVAL_N.value)
+  results[f"{tag}_sampled_t{cfg.temperature:g}"] = evaluate(cfg, params, mcfg, tok, mesh,
+                                                             list(test) * 4, search, greedy=False)
+  results[f"{tag}_greedy_rl_prompts"] = evaluate(cfg, params, mcfg, tok, mesh, seen, search)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -267,6 +280,8 @@ def main(argv: Sequence[str]) -> None:
   results["b_sft_search"] = evaluate(cfg, sft_params, mcfg, tok, mesh, test, search)
   for k, exs in by_type.items():
     results[f"b_sft_search_{k}"] = evaluate(cfg, sft_params, mcfg, tok, mesh, exs, search)
+  if _DIAG.value:
+    diagnostics(results, "b", cfg, sft_params, mcfg, tok, mesh, test, wdir, search)
   print(f"SFT evals in {time.perf_counter() - t:.0f}s: {results}", flush=True)
   del sft_params
   t = time.perf_counter()
@@ -278,6 +293,8 @@ def main(argv: Sequence[str]) -> None:
   for k, exs in by_type.items():
     results[f"c_sft_dapo_search_{k}"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, exs,
                                                  search)
+  if _DIAG.value:
+    diagnostics(results, "c", cfg, out["state"].params, mcfg, tok, mesh, test, wdir, search)
   curve = [json.loads(l) for l in (work / "rl" / "metrics.jsonl").read_text().splitlines()]
   results["rl_curve"] = [{k: r[k] for k in ("step", "reward/total", "accuracy", "eval/accuracy")
                           if k in r} for r in curve]
