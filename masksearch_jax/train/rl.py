@@ -15,9 +15,11 @@ the checkpoint's data state with the prompt cursor.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +62,9 @@ class RLConfig(TrainConfig):
   gen_groups_per_round: int = 0        # prompts per generation round (0 = batch_size / G)
   dynamic_sampling: bool = True
   max_gen_rounds: int = 8
+  # After max_gen_rounds, a batch with at least this share of informative groups is completed with
+  # all-equal (zero-advantage) groups and trained on; below it the run stops (1.0: always stop).
+  min_informative_frac: float = 1.0    # min informative share to train a short batch; 1.0: stop
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -118,6 +123,8 @@ def validate(cfg: RLConfig, num_devices: int) -> None:
                   f"{cfg.groups_per_step} with dynamic_sampling off")
   if cfg.max_gen_rounds < 1:
     errors.append(f"max_gen_rounds={cfg.max_gen_rounds} must be >= 1")
+  if not 0.0 < cfg.min_informative_frac <= 1.0:
+    errors.append(f"min_informative_frac={cfg.min_informative_frac} must be in (0, 1]")
   if cfg.sampler_dtype not in _DTYPES:
     errors.append(f"sampler_dtype={cfg.sampler_dtype!r} (one of {sorted(_DTYPES)})")
   if cfg.sampler_attn_impl and cfg.sampler_attn_impl not in attention.IMPLEMENTATIONS:
@@ -295,12 +302,25 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
     while step < cfg.steps:
       step += 1
       t0 = time.perf_counter()
+      stream_at_step_start = stream.state()
       gen.params, gen.log = state.params, []
       gen.seed_base = (cfg.seed * 1_000_003 + step) * 1000
       if cfg.dynamic_sampling:
-        groups, fs = dynamic_sampling.fill_batch(lambda i: gen(stream, i), cfg.groups_per_step,
-                                                 cfg.max_gen_rounds)
-        fill = {"gen_rounds": fs.rounds, "groups_kept_frac": fs.groups_kept / fs.groups_generated}
+        need = max(1, math.ceil(cfg.min_informative_frac * cfg.groups_per_step - 1e-9))
+        try:
+          groups, fs = dynamic_sampling.fill_batch(lambda i: gen(stream, i), cfg.groups_per_step,
+                                                   cfg.max_gen_rounds, need)
+        except dynamic_sampling.DynamicSamplingError:
+          # The state is the last completed step's: keep it, and the prompt position at that
+          # step's end, so a restart with other settings loses nothing.
+          if step - 1 > start and saved != step - 1:
+            mgr.save(step - 1, state, {"rl_step": step - 1, **stream_at_step_start}, force=True)
+            saved = step - 1
+            logging.error("dynamic sampling stopped the run at step %d; saved step %d", step,
+                          step - 1)
+          raise
+        fill = {"gen_rounds": fs.rounds, "groups_kept_frac": fs.groups_kept / fs.groups_generated,
+                "groups_padded": fs.groups_padded}
       else:
         groups = list(gen(stream, 0).groups)[:cfg.groups_per_step]
         fill = {"gen_rounds": 1, "groups_kept_frac": 1.0}

@@ -44,3 +44,17 @@ def test_fill_batch_cap_raises_with_counts():
 def test_fill_batch_rejects_mismatched_round():
   with pytest.raises(ValueError, match="round 0 returned 2 groups"):
     ds.fill_batch(lambda i: ds.Round(groups=[1, 2], rewards=np.zeros((3, 2))), 1, 1)
+
+
+def test_fill_batch_completes_a_short_batch_with_all_equal_groups():
+  # after 2 rounds: 2 informative of 3 needed; with min_informative=2 the first all-equal group
+  # generated completes the batch instead of raising.
+  gen, calls = _rounds([[True, False], [False, True]])
+  groups, stats = ds.fill_batch(gen, num_groups=3, max_rounds=2, min_informative=2)
+  assert groups == [(0, 0), (1, 1), (0, 1)]
+  assert stats == ds.FillStats(rounds=2, groups_generated=4, groups_kept=2, groups_padded=1)
+  gen, _ = _rounds([[True, False], [False, False]])
+  with pytest.raises(ds.DynamicSamplingError, match="at least 2 needed"):
+    ds.fill_batch(gen, num_groups=3, max_rounds=2, min_informative=2)
+  with pytest.raises(ValueError, match="min_informative=4"):
+    ds.fill_batch(gen, num_groups=3, max_rounds=2, min_informative=4)

@@ -138,6 +138,8 @@ def test_validate_names_fields():
   rl.validate(_cfg(), 1)
   with pytest.raises(ValueError, match="sampler_attn_impl='flash'"):
     rl.validate(_cfg(sampler_attn_impl="flash"), 1)
+  with pytest.raises(ValueError, match=r"min_informative_frac=0.0 must be in \(0, 1\]"):
+    rl.validate(_cfg(min_informative_frac=0.0), 1)
 
 
 def test_rollout_attention_has_its_own_field():
@@ -240,6 +242,33 @@ def test_dynamic_sampling_cap_raises():
   gen, stream, cfg = _generator([[WRONG] * 4] * 3)
   with pytest.raises(dynamic_sampling.DynamicSamplingError, match="after 3 generation rounds"):
     dynamic_sampling.fill_batch(lambda i: gen(stream, i), cfg.groups_per_step, 3)
+
+
+def test_dynamic_sampling_stop_keeps_the_last_completed_step(tmp_path, monkeypatch):
+  """A run that dynamic sampling stops at step 2 leaves step 1's state and prompt position on
+  disk (save_every is far away), so nothing trained is lost."""
+  from masksearch_jax.checkpoint import state as ckpt_state
+  from tests.rollout import fixtures as fx
+  calls = []
+
+  def scripted(gen_round, num_groups, max_rounds, need):
+    calls.append(need)
+    if len(calls) == 2:
+      raise dynamic_sampling.DynamicSamplingError("scripted: no informative groups")
+    rnd = gen_round(0)                                 # step 1: train on whatever came
+    return list(rnd.groups)[:num_groups], dynamic_sampling.FillStats(1, len(rnd.groups),
+                                                                     num_groups)
+  monkeypatch.setattr(dynamic_sampling, "fill_batch", scripted)
+  cfg = _loop_cfg(tmp_path, dynamic_sampling=True, steps=3, save_every=100,
+                  min_informative_frac=0.5)
+  with pytest.raises(dynamic_sampling.DynamicSamplingError, match="scripted"):
+    rl.run(cfg, tokenizer=fx.tokenizer(), retriever=fx.FakeRetriever(), examples=_examples(),
+           devices=jax.devices()[:1])
+  assert calls == [1, 1]                               # ceil(0.5 * 2 groups)
+  assert sorted(p.name for p in (Path(cfg.workdir) / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["1"]
+  rows = [json.loads(l) for l in (Path(cfg.workdir) / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1]
 
 
 def test_dapo_learns_what_the_reward_asks(tmp_path):
