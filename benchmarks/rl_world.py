@@ -220,7 +220,8 @@ def rl_config(wdir: Path, sft_dir: Path, out: Path):
       cls=RLConfig, model=_MODEL.value, init_from=str(sft_dir),
       tokenizer=str(wdir / "tokenizer"), data=(str(wdir / "questions_rl.jsonl"),),
       eval_data=(str(wdir / "questions_test.jsonl"),), eval_limit=_EVAL_N.value,
-      eval_every=_EVAL_EVERY.value, retriever=f"lexical:{wdir / 'corpus.jsonl'}",
+      eval_every=_EVAL_EVERY.value, eval_train_limit=_EVAL_N.value if _DIAG.value else 0,
+      retriever=f"lexical:{wdir / 'corpus.jsonl'}",
       workdir=str(out), steps=_RL_STEPS.value, learning_rate=_RL_LR.value,
       group_size=_GROUP.value, batch_size=_GROUP.value * _PROMPTS.value,
       gen_groups_per_round=_PROMPTS.value, mini_batches=_MINI.value,
@@ -296,7 +297,8 @@ def main(argv: Sequence[str]) -> None:
   if _DIAG.value:
     diagnostics(results, "c", cfg, out["state"].params, mcfg, tok, mesh, test, wdir, search)
   curve = [json.loads(l) for l in (work / "rl" / "metrics.jsonl").read_text().splitlines()]
-  results["rl_curve"] = [{k: r[k] for k in ("step", "reward/total", "accuracy", "eval/accuracy")
+  results["rl_curve"] = [{k: r[k] for k in ("step", "reward/total", "accuracy", "eval/accuracy",
+                                              "eval_train/accuracy")
                           if k in r} for r in curve]
   (work / "results.json").write_text(json.dumps(results, indent=1))
   print("\nheld-out exact match (greedy), n =", len(test))

@@ -57,6 +57,7 @@ class RLConfig(TrainConfig):
   eval_data: tuple[str, ...] = ()      # held-out QA for eval_every (greedy accuracy)
   eval_limit: int = 64
   eval_every: int = 0
+  eval_train_limit: int = 0            # also greedy-eval N training prompts (memorisation gap)
   # rollout
   group_size: int = 8                  # G responses per prompt
   gen_groups_per_round: int = 0        # prompts per generation round (0 = batch_size / G)
@@ -121,6 +122,8 @@ def validate(cfg: RLConfig, num_devices: int) -> None:
       cfg.gen_groups_per_round < cfg.groups_per_step:
     errors.append(f"gen_groups_per_round={cfg.gen_groups_per_round} < batch_size / group_size = "
                   f"{cfg.groups_per_step} with dynamic_sampling off")
+  if cfg.eval_train_limit < 0 or (cfg.eval_train_limit and not cfg.eval_every):
+    errors.append(f"eval_train_limit={cfg.eval_train_limit} must be >= 0 and needs eval_every > 0")
   if cfg.max_gen_rounds < 1:
     errors.append(f"max_gen_rounds={cfg.max_gen_rounds} must be >= 1")
   if not 0.0 < cfg.min_informative_frac <= 1.0:
@@ -281,6 +284,9 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
     eval_examples = prompts_lib.load_examples(cfg.eval_data, proto, cfg.eval_limit)
   if cfg.eval_every and not eval_examples:
     raise ValueError(f"eval_every={cfg.eval_every} needs eval_data (held-out QA files)")
+  # The same greedy eval on prompts the policy is rewarded on: a rising train / flat held-out
+  # pair means DAPO is learning those prompts' answers, not the skill (benchmarks/RESULTS.md).
+  train_eval = list(examples[:cfg.eval_train_limit]) if cfg.eval_train_limit else []
   mcfg = sft.resolve_model(cfg, tokenizer)
   mesh, param_sh, batch_sh, state, mgr, data_state, step_fn = trainer.setup(
       cfg, mcfg, make_loss_fn(mcfg, cfg), devices)
@@ -342,6 +348,10 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
         last_eval = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer,
                                               eval_examples, proto, cfg.chat_template)
         row.update({f"eval/{k}": v for k, v in last_eval.items() if k != "n"})
+        if train_eval:
+          te = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer, train_eval, proto,
+                                         cfg.chat_template)
+          row.update({f"eval_train/{k}": v for k, v in te.items() if k != "n"})
       writer.write(step, row)                     # raises on NaN/Inf before any save
       if mgr.save(step, state, {"rl_step": step, **stream.state()}, force=step == cfg.steps):
         saved = step

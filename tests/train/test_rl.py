@@ -244,6 +244,27 @@ def test_dynamic_sampling_cap_raises():
     dynamic_sampling.fill_batch(lambda i: gen(stream, i), cfg.groups_per_step, 3)
 
 
+def test_eval_also_measures_training_prompts(tmp_path, monkeypatch):
+  """eval_train_limit runs the held-out eval's greedy check on the first N training prompts too
+  and logs it beside the held-out figure (eval_train/ vs eval/)."""
+  from tests.rollout import fixtures as fx
+  seen = []
+
+  def fake_eval(sampler, params, tok, examples, protocol, chat_template=True, batch_size=32):
+    seen.append([e["id"] for e in examples])
+    return {"accuracy": 0.25 * len(seen), "format": 1.0, "searches": 0.0, "n": len(examples)}
+  monkeypatch.setattr(collect, "evaluate_accuracy", fake_eval)
+  held = [{**e, "id": f"h{i}"} for i, e in enumerate(_examples(2))]
+  cfg = _loop_cfg(tmp_path, dynamic_sampling=False, eval_every=1, eval_train_limit=3)
+  rl.run(cfg, tokenizer=fx.tokenizer(), retriever=fx.FakeRetriever(), examples=_examples(),
+         eval_examples=held, devices=jax.devices()[:1])
+  assert seen == [["h0", "h1"], ["e0", "e1", "e2"]]
+  row = json.loads((Path(cfg.workdir) / "metrics.jsonl").read_text().splitlines()[0])
+  assert row["eval/accuracy"] == 0.25 and row["eval_train/accuracy"] == 0.5
+  with pytest.raises(ValueError, match="eval_train_limit=3 must be >= 0 and needs eval_every"):
+    rl.validate(_cfg(eval_train_limit=3), 1)
+
+
 def test_dynamic_sampling_stop_keeps_the_last_completed_step(tmp_path, monkeypatch):
   """A run that dynamic sampling stops at step 2 leaves step 1's state and prompt position on
   disk (save_every is far away), so nothing trained is lost."""
