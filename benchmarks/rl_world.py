@@ -11,7 +11,6 @@ killed run continues. Prints a table and writes WORKDIR/results.json.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -22,6 +21,8 @@ from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import world_variants as variants  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/rl_world", "Everything goes here.")
 _SLICE = flags.DEFINE_string("slice", "cpu", "configs/slices/<name>.py overlay (cpu, gpu1, ...).")
@@ -88,18 +89,19 @@ def build_world(wdir: Path) -> None:
   from masksearch_jax.agents import oracle
   from masksearch_jax.data import traces, world, world_search
   if not (wdir / "tokenizer" / "tokenizer.json").exists():
-    print("world:", world.build(wdir, world_config(), tokenizer_vocab=3000), flush=True)
+    print("world:", world.build(wdir, variants.world_config(_WORLD_SCALE.value),
+                               tokenizer_vocab=3000), flush=True)
   if not (wdir / "traces.jsonl").exists():
     retriever = world_search.LexicalRetriever.from_jsonl(wdir / "corpus.jsonl")
     items = [json.loads(l) for l in (wdir / "questions_train.jsonl").read_text().splitlines()]
-    items, rl_items = split_for_rl(items, _RL_SHARE.value)
+    items, rl_items = variants.split_for_rl(items, _RL_SHARE.value)
     _write_questions(wdir / "questions_sft.jsonl", items)
     _write_questions(wdir / "questions_rl.jsonl", rl_items or items)
     got, stats = oracle.generate(items, retriever)
     if _SHORTCUT.value > 0:
-      got, stats["shortcut_traces"] = shortcut_traces(got, items, _SHORTCUT.value)
+      got, stats["shortcut_traces"] = variants.shortcut_traces(got, items, _SHORTCUT.value)
     if _ECHO.value > 0:
-      got, stats["echo_traces"] = echo_traces(got, items, _ECHO.value)
+      got, stats["echo_traces"] = variants.echo_traces(got, items, _ECHO.value)
     traces.write_jsonl(wdir / "traces.jsonl", got)
     (wdir / "rl_share.json").write_text(json.dumps({"rl_share": _RL_SHARE.value,
              "world_scale": _WORLD_SCALE.value,
@@ -120,75 +122,8 @@ def build_world(wdir: Path) -> None:
                      [q for q in test if q.get("type") == kind])
 
 
-def world_config():
-  from masksearch_jax.data import world
-  d, k = world.WorldConfig(), _WORLD_SCALE.value
-  if k < 1:
-    raise ValueError(f"--world_scale must be >= 1, got {k}")
-  return dataclasses.replace(d, n_people=d.n_people * k, n_places=d.n_places * k,
-                             n_orgs=d.n_orgs * k, n_works=d.n_works * k,
-                             n_questions=d.n_questions * k)
-
-
 def _write_questions(path: Path, rows: list[dict]) -> None:
   path.write_text("".join(json.dumps(q) + "\n" for q in rows))
-
-
-def split_for_rl(items: list[dict], share: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
-  """(SFT questions, DAPO questions): a seeded `share` of the training questions, stratified by
-  hop count so both parts keep the 1-hop / 2-hop mix. share 0 gives (items, [])."""
-  import random
-  if not 0.0 <= share < 1.0:
-    raise ValueError(f"--rl_share must be in [0, 1), got {share}")
-  rng = random.Random(f"rl_share|{seed}")
-  held = set()
-  for kind in sorted({it.get("type", "") for it in items}):
-    ids = [it["id"] for it in items if it.get("type", "") == kind]
-    rng.shuffle(ids)
-    held.update(ids[:round(share * len(ids))])
-  return [it for it in items if it["id"] not in held], [it for it in items if it["id"] in held]
-
-
-_MARK = " Now I need to find"
-
-
-def shortcut_traces(got: list, items: list[dict], share: float, seed: int = 0):
-  """Rewrites `share` of the 2-hop traces: after the first search the teacher concludes with the
-  bridge entity (hop 1's answer) instead of searching for hop 2. Returns (traces, count)."""
-  import dataclasses
-  import random
-  bridge = {it["id"]: it["hops"][0]["answer"] for it in items if it.get("type") == "2hop"}
-  rng, out, n = random.Random(seed), [], 0
-  for t in got:
-    b = bridge.get(t.meta.get("id"))
-    cut = t.response.find(_MARK)
-    if b is not None and cut > 0 and rng.random() < share:
-      t = dataclasses.replace(t, response=t.response[:cut] + f" So the answer is {b}.</think>\n"
-                              f"<answer> {b} </answer>", meta={**t.meta, "shortcut": True})
-      n += 1
-    out.append(t)
-  return out, n
-
-
-def echo_traces(got: list, items: list[dict], share: float, seed: int = 0):
-  """Rewrites `share` of the 1-hop traces so that the teacher's conclusion and answer are the
-  question's subject instead of the retrieved answer. Returns (traces, count)."""
-  import dataclasses
-  import random
-  one = {it["id"]: it for it in items if it.get("type") == "1hop"}
-  rng, out, n = random.Random(seed), [], 0
-  for t in got:
-    it = one.get(t.meta.get("id"))
-    if it is not None and rng.random() < share:
-      gold, subject = it["hops"][0]["answer"], it["hops"][0]["subject"]
-      cut = t.response.rfind(" So ")          # the conclusion after the quoted evidence
-      tail = t.response[cut:]
-      if cut > 0 and gold in tail:
-        t = dataclasses.replace(t, response=t.response[:cut] + tail.replace(gold, subject),
-                                meta={**t.meta, "echo": True})
-        n += 1
-    out.append(t)
-  return out, n
 
 
 def _count_lines(path: Path) -> int:
