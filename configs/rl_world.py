@@ -18,6 +18,7 @@ CONFIG = dict(
     eval_data=("runs/world/questions_test.jsonl",),
     eval_limit=64,
     eval_every=10,
+    eval_train_limit=64,       # the same greedy eval on 64 training prompts: the memorisation gap
     retriever="lexical:runs/world/corpus.jsonl",
     workdir="runs/rl_world",
     seq_len=1024,
