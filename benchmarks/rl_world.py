@@ -39,6 +39,9 @@ _PROMPTS = flags.DEFINE_integer("prompts_per_step", 8, "Prompts (groups) per DAP
 _MINI = flags.DEFINE_integer("mini_batches", 2, "Optimizer updates per DAPO step.")
 _TEMP = flags.DEFINE_float("temperature", 1.0, "Rollout temperature.")
 _DYN = flags.DEFINE_bool("dynamic_sampling", True, "Drop all-equal groups, refill (DAPO).")
+_MIN_INF = flags.DEFINE_float("min_informative_frac", 1.0, "After the generation-round cap, train "
+                              "a batch with at least this share of informative groups (the rest "
+                              "zero-advantage) instead of stopping the run (1.0: stop).")
 _EVAL_N = flags.DEFINE_integer("eval_n", 64, "Held-out questions evaluated (test split size: 198).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "DAPO steps between held-out evals (curve).")
 _SEQ = flags.DEFINE_integer("seq_len", 1024, "Rollout buffer / training length.")
@@ -160,7 +163,8 @@ def rl_config(wdir: Path, sft_dir: Path, out: Path):
       workdir=str(out), steps=_RL_STEPS.value, learning_rate=_RL_LR.value,
       group_size=_GROUP.value, batch_size=_GROUP.value * _PROMPTS.value,
       gen_groups_per_round=_PROMPTS.value, mini_batches=_MINI.value,
-      temperature=_TEMP.value, dynamic_sampling=_DYN.value, seq_len=_SEQ.value,
+      temperature=_TEMP.value, dynamic_sampling=_DYN.value,
+      min_informative_frac=_MIN_INF.value, seq_len=_SEQ.value,
       max_new_tokens=_NEW.value,
       reward=dict(format_weight=_FORMAT_W.value, answer_weight=1.0,
                   answer_metric=_METRIC.value, answer_requires_format=_NEEDS_FORMAT.value),
