@@ -156,6 +156,9 @@ def table(results: dict[str, dict | None]) -> str:
 def main(argv: Sequence[str]) -> None:
   del argv
   workdir = Path(_WORKDIR.value)
+  if _PARALLEL.value < 1 or not 0.0 < _MEM.value <= 1.0:
+    raise ValueError(f"--grid_parallel={_PARALLEL.value} must be >= 1 and --grid_mem_fraction="
+                     f"{_MEM.value} in (0, 1]")
   entries = plan(parse_variants(_COMMON.value, _VARIANTS.value), workdir)
   for e in entries:
     print(("[build SFT] " if e["leader"] else "[reuse SFT] ") + shlex.join(e["argv"][1:]))

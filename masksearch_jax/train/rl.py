@@ -57,7 +57,7 @@ class RLConfig(TrainConfig):
   eval_data: tuple[str, ...] = ()      # held-out QA for eval_every (greedy accuracy)
   eval_limit: int = 64
   eval_every: int = 0
-  eval_train_limit: int = 0            # also greedy-eval N training prompts (memorisation gap)
+  eval_train_limit: int = 0            # greedy-eval the first N training prompts too (memorisation)
   # rollout
   group_size: int = 8                  # G responses per prompt
   gen_groups_per_round: int = 0        # prompts per generation round (0 = batch_size / G)
