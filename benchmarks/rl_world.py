@@ -107,7 +107,6 @@ def build_world(wdir: Path) -> None:
       got, stats["echo_traces"] = variants.echo_traces(got, items, _ECHO.value)
     traces.write_jsonl(wdir / "traces.jsonl", got)
     (wdir / "rl_share.json").write_text(json.dumps({"rl_share": _RL_SHARE.value,
-             "world_scale": _WORLD_SCALE.value,
                                                     "world_scale": _WORLD_SCALE.value}))
     print("oracle traces:", stats, flush=True)
   built = json.loads((wdir / "rl_share.json").read_text()) if (
