@@ -42,14 +42,16 @@ def main(argv):
   tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
   rng = np.random.default_rng(0)
   print(f"device {jax.devices()[0].device_kind}  model {FLAGS.models[0]}  prompt {P}  steps {N}  "
-        f"scan {FLAGS.scan_layers}  attn {FLAGS.attn_impl}")
+        f"scan {FLAGS.scan_layers}  attn {FLAGS.attn_impl}  linear {FLAGS.linear_impls[0]}")
+  bw = FLAGS.bandwidth_tbs or common.measure_copy_torch() or 3.02       # TB/s for the roofline
   for b in map(int, FLAGS.batch_sizes):
     prompts = [list(rng.integers(16, cfg.vocab_size, P)) for _ in range(b)]
     rcfg = T.RolloutConfig(max_len=P + N, max_new_tokens=N, prompt_buckets=(P,), chunk_steps=N,
                            use_tools=False)
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg,
                             compute_dtype=jnp.bfloat16, cache_dtype=jnp.bfloat16,
-                            attn_impl=FLAGS.attn_impl, scan_layers=FLAGS.scan_layers == "true")
+                            attn_impl=FLAGS.attn_impl, scan_layers=FLAGS.scan_layers == "true",
+                            linear_impl=FLAGS.linear_impls[0])
     states = []
 
     def fresh():
@@ -68,7 +70,7 @@ def main(argv):
     per_kernel, per_class, launches = common.kernel_times(
         lambda: s.engine.decode(params, states.pop()), 2)
     kern = sum(per_class.values()) / N
-    roof = b / roofline(cfg, b, P + N // 2, 2, 3.02) * 1e3                 # ms per step
+    roof = b / roofline(cfg, b, P + N // 2, 2, bw) * 1e3                   # ms per step
     print(f"\nbatch {b}: {wall:.3f} ms/step wall ({b / wall * 1e3:,.0f} tok/s), kernels "
           f"{kern:.3f} ms/step, {launches / N:.0f} launches/step, roofline {roof:.3f} ms/step "
           f"({100 * roof / wall:.0f}% of wall)")

@@ -24,7 +24,8 @@ from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
 
-from benchmarks.common import StubRetriever, SyntheticTokenizer  # noqa: E402
+from benchmarks.common import (StubRetriever, SyntheticTokenizer, measure_bandwidth,  # noqa: E402
+                               measure_copy_torch)
 
 flags.DEFINE_list("models", ["0.5b", "1.5b"], "presets (model/config.py), e.g. 0.5b,1.5b,tiny")
 flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"], "batch sizes")
@@ -33,11 +34,14 @@ flags.DEFINE_integer("new_tokens", 512, "generated tokens per row")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "params / compute / cache dtype")
 flags.DEFINE_enum("scan_layers", "both", ["true", "false", "both"], "layer scan in decode")
 flags.DEFINE_string("attn_impl", "xla", "attention implementation (model/attention.py)")
+flags.DEFINE_list("linear_impls", ["xla"], "one-token projections (qwen2.LINEAR_IMPLS): xla, "
+                  "pallas (model/decode_linear.py; unrolled layers only); several: one column each")
 flags.DEFINE_integer("repeats", 2, "timed repeats after one warm-up (best is reported)")
 flags.DEFINE_bool("hf", True, "also time transformers generate (torch, same dtype, CUDA only)")
 flags.DEFINE_list("hf_batch_sizes", [], "batch sizes for transformers (default: all)")
 flags.DEFINE_float("bandwidth_tbs", 0.0, "HBM copy bandwidth for the roofline (TB/s); 0: the "
-                   "bandwidth measured on this device in this run (3.02 was measured on an H100)")
+                   "bandwidth measured on this device in this run: a device-to-device copy timed "
+                   "by torch where it has CUDA, else XLA's elementwise loop (3.02 on an H100)")
 flags.DEFINE_bool("measure_bandwidth", True, "also measure copy bandwidth on this device")
 flags.DEFINE_bool("e2e", True, "also time end-to-end generate (a second compile per batch size)")
 flags.DEFINE_bool("multi_turn", True, "run the multi-turn case with a retriever stub")
@@ -66,25 +70,13 @@ def _best(fn, repeats):
   return min(times)
 
 
-def measure_bandwidth(n_elems: int = 512 * 1024 * 1024, iters: int = 20) -> float:
-  """Device copy bandwidth (TB/s, bytes read + written): `iters` elementwise passes over a 1 GiB
-  bf16 buffer inside one jitted loop, so one dispatch and one sync cover ~40 GiB of traffic
-  (timing a single 1 GiB pass read 2.1 TB/s on an H200 whose copies run at ~4.3 TB/s)."""
-  import jax
-  import jax.numpy as jnp
-  x = jnp.ones((n_elems,), jnp.bfloat16)
-  f = jax.jit(lambda a: jax.lax.fori_loop(0, iters, lambda i, a: a + jnp.bfloat16(1), a))
-  t = _best(lambda: f(x).block_until_ready(), 3)
-  return iters * 2 * x.size * x.dtype.itemsize / t / 1e12
-
-
 def roofline(cfg, batch, ctx, itemsize, bw_tbs):
   weights = cfg.num_params() * itemsize
   kv = 2 * cfg.num_layers * batch * ctx * cfg.num_kv_heads * cfg.dim_per_head * itemsize
   return batch / ((weights + kv) / (bw_tbs * 1e12))
 
 
-def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1):
+def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1, linear_impl="xla"):
   import numpy as np
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T
@@ -96,7 +88,8 @@ def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1):
     rcfg = T.RolloutConfig(max_len=P + N, max_new_tokens=N, prompt_buckets=(P,), chunk_steps=chunk,
                            use_tools=False, steps_per_check=steps_per_check)
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, compute_dtype=dtype,
-                            cache_dtype=dtype, attn_impl=FLAGS.attn_impl, scan_layers=scan)
+                            cache_dtype=dtype, attn_impl=FLAGS.attn_impl, scan_layers=scan,
+                            linear_impl=linear_impl)
     if name == "decode":
       holder = {}
 
@@ -199,8 +192,13 @@ def main(argv):
   if FLAGS.measure_bandwidth or not bw:
     results["measured_copy_tbs"] = measure_bandwidth(
         32 * 1024 * 1024 if dev.platform == "cpu" else 512 * 1024 * 1024)   # CPU: a quick smoke
-    logging.info("measured copy bandwidth %.2f TB/s", results["measured_copy_tbs"])
-    bw = bw or results["measured_copy_tbs"]
+    logging.info("XLA elementwise copy bandwidth %.2f TB/s", results["measured_copy_tbs"])
+    if dev.platform == "gpu":
+      torch_copy = measure_copy_torch()
+      if torch_copy:
+        results["torch_copy_tbs"] = torch_copy
+        logging.info("torch device copy bandwidth %.2f TB/s", torch_copy)
+    bw = bw or results.get("torch_copy_tbs") or results["measured_copy_tbs"]
   results["roofline_tbs"] = bw
   scans = {"true": [True], "false": [False], "both": [True, False]}[FLAGS.scan_layers]
   spcs = [int(k) for k in FLAGS.steps_per_check]
@@ -218,13 +216,17 @@ def main(argv):
                                                 itemsize, bw)}
       for scan in scans:
         for k in spcs:
-          try:
-            r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0), k)
-          except Exception as e:                             # e.g. out of memory at a large batch
-            logging.exception("ours failed: %s batch %d scan %s", name, batch, scan)
-            r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
-          suffix = f"_scan{int(scan)}" + (f"_k{k}" if len(spcs) > 1 else "")
-          row.update({f"{n}{suffix}": v for n, v in r.items()})
+          for lin in FLAGS.linear_impls:
+            if lin != "xla" and scan:
+              continue                                       # the fused kernels need unrolled layers
+            try:
+              r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0), k, lin)
+            except Exception as e:                           # e.g. out of memory at a large batch
+              logging.exception("ours failed: %s batch %d scan %s linear %s", name, batch, scan, lin)
+              r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+            suffix = (f"_scan{int(scan)}" + (f"_k{k}" if len(spcs) > 1 else "")
+                      + (f"_{lin}" if len(FLAGS.linear_impls) > 1 else ""))
+            row.update({f"{n}{suffix}": v for n, v in r.items()})
       if FLAGS.hf and bs in hf_bs:
         try:
           row.update(bench_hf(cfg, batch, np.random.default_rng(0)))
@@ -249,7 +251,9 @@ def main(argv):
 def _print_table(res):
   print(f"\ndevice: {res['device']}  prompt {FLAGS.prompt_len}  new {FLAGS.new_tokens}  "
         f"{FLAGS.dtype}  roofline at {res['roofline_tbs']:.2f} TB/s"
-        + (f"  (measured copy {res['measured_copy_tbs']:.2f} TB/s)" if "measured_copy_tbs" in res else ""))
+        + (f"  (XLA elementwise copy {res['measured_copy_tbs']:.2f} TB/s)"
+           if "measured_copy_tbs" in res else "")
+        + (f"  (torch device copy {res['torch_copy_tbs']:.2f} TB/s)" if "torch_copy_tbs" in res else ""))
   # one column per measured variant: decode/e2e x scan1 (layer scan) / scan0 (unrolled) [x k]
   cols = sorted({k for r in res["rows"] for k in r
                  if k.startswith(("decode_tok_s", "e2e_tok_s"))})

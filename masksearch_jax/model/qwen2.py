@@ -20,11 +20,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from masksearch_jax.model import attention
+from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
 from masksearch_jax.model.config import Qwen2Config
 
 Params = dict[str, Any]
+
+LINEAR_IMPLS = ("xla", "pallas")
 
 REMAT_POLICIES = {
     "none": None,
@@ -87,7 +89,7 @@ def _attention_mask(segment_ids, cache_end, t, s):
   return jnp.arange(s)[None, None, :] <= q_slot[:, :, None]
 
 
-def decode_layout(params: Params, cfg: Qwen2Config, dtype) -> Params:
+def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "xla") -> Params:
   """The params re-laid out for unrolled decoding, once per jitted sampler call (outside its loop).
 
   Layers become a list of per-layer dicts (separate buffers: slicing a stacked weight inside the
@@ -95,7 +97,14 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype) -> Params:
   decode step on an H100), cast to `dtype`, with q/k/v fused into one [D, (H+2K)*Dh] matmul and
   gate/up into one [D, 2F] matmul (fewer, larger kernels per step). `apply(scan_layers=False)`
   accepts this form; the result is numerically the same model.
+
+  linear_impl="pallas": the same fused matrices stored transposed ([out, in]: `qkv_t`, `o_t`,
+  `gate_up_t`, `down_t`, and `lm_head_t`, which is the embedding itself when tied), the layout of
+  model/decode_linear.py, whose one-token kernels then also fold in the norms, biases, RoPE,
+  SwiGLU and residual adds. Longer chunks (prefill, splice) use the same matrices through XLA.
   """
+  if linear_impl not in LINEAR_IMPLS:
+    raise ValueError(f"linear_impl {linear_impl!r} not in {LINEAR_IMPLS}")
   c = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
   D = cfg.hidden_size
   out = {k: c(v) for k, v in params.items() if k != "layers"}
@@ -106,17 +115,30 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype) -> Params:
     lp["qkv_bias"] = jnp.concatenate([lp.pop(k).reshape(-1) for k in ("q_bias", "k_bias",
                                                                       "v_bias")])
     lp["gate_up"] = jnp.concatenate([lp.pop("gate"), lp.pop("up")], axis=1)
+    if linear_impl == "pallas":
+      lp["qkv_t"], lp["gate_up_t"] = lp.pop("qkv").T, lp.pop("gate_up").T
+      lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
     layers.append(lp)
   out["layers"] = layers
+  if linear_impl == "pallas":
+    out["lm_head_t"] = out["embed"] if cfg.tie_embeddings else out.pop("lm_head").T
   return out
+
+
+def _dense(x, lp, name, c):
+  """x [B, T, in] times layer weight `name` in either layout ([in, out] or `name_t` [out, in])."""
+  if name + "_t" in lp:
+    return jnp.einsum("bti,oi->bto", x, c(lp[name + "_t"]))
+  w = c(lp[name])
+  return rows_einsum("bti,io->bto", x, w.reshape(-1, w.shape[-1]))
 
 
 def _projections(cfg, x, lp, c):
   """q [B, T, H, Dh], k/v [B, T, K, Dh] from either param layout."""
   b, t, _ = x.shape
-  if "qkv" in lp:                                       # decode_layout: one fused matmul
+  if "qkv" in lp or "qkv_t" in lp:                      # decode_layout: one fused matmul
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
-    y = rows_einsum("btd,de->bte", x, c(lp["qkv"])) + c(lp["qkv_bias"])
+    y = _dense(x, lp, "qkv", c) + c(lp["qkv_bias"])
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return (q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh))
   q = rows_einsum("btd,dhk->bthk", x, c(lp["q"])) + c(lp["q_bias"])
@@ -127,20 +149,63 @@ def _projections(cfg, x, lp, c):
 
 def _mlp_in(x, lp, c):
   """silu(gate) * up [B, T, F] from either param layout."""
-  if "gate_up" in lp:
-    g, u = jnp.split(rows_einsum("btd,df->btf", x, c(lp["gate_up"])), 2, axis=-1)
+  if "gate_up" in lp or "gate_up_t" in lp:
+    g, u = jnp.split(_dense(x, lp, "gate_up", c), 2, axis=-1)
   else:
     g = rows_einsum("btd,df->btf", x, c(lp["gate"]))
     u = rows_einsum("btd,df->btf", x, c(lp["up"]))
   return jax.nn.silu(g) * u
 
 
+def _fused_decode(cfg, h, lp, cache_kv) -> bool:
+  """Whether this one-token step runs model/decode_linear.py's kernels (GPU; CPU interprets)."""
+  b, t, D = h.shape
+  if "qkv_t" not in lp or cache_kv is None or t != 1 or jax.default_backend() not in ("gpu",
+                                                                                      "cpu"):
+    return False
+  H, K, Dh, F = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head, cfg.intermediate_size
+  ok = decode_linear.supported
+  return (ok(b, D, (H + 2 * K) * Dh, "rope", Dh) and ok(b, H * Dh, D, "plain")
+          and ok(b, D, 2 * F, "swiglu") and ok(b, F, D, "plain"))
+
+
+def _qkv(cfg, h, lp, positions, c, fused):
+  """Normed input -> q [B, T, H, Dh], k/v [B, T, K, Dh], RoPE applied to q and k."""
+  b, t, _ = h.shape
+  H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+  if fused:
+    y = decode_linear.linear(
+        h[:, 0], lp["qkv_t"], mode="rope", norm_scale=lp["input_norm"], eps=cfg.rms_norm_eps,
+        bias=lp["qkv_bias"], positions=positions[:, 0], head_dim=Dh, rotary_heads=H + K,
+        theta=cfg.rope_theta, interpret=jax.default_backend() == "cpu")[:, None]
+    q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
+    return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
+  x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
+  q, k, v = _projections(cfg, x, lp, c)
+  return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+
+
+def _out_mlp(cfg, h, a, lp, c, fused):
+  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP)."""
+  b, t = a.shape[:2]
+  if fused:
+    lin = functools.partial(decode_linear.linear, interpret=jax.default_backend() == "cpu")
+    hb = lin(a.reshape(b, -1), lp["o_t"], residual=h[:, 0])
+    u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"], eps=cfg.rms_norm_eps)
+    return lin(u, lp["down_t"], residual=hb)[:, None]
+  if "o_t" in lp:
+    h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
+  else:
+    h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
+  x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
+  return h + _dense(_mlp_in(x, lp, c), lp, "down", c)
+
+
 def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):
   """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
   c = lambda w: w.astype(dtype)
-  x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
-  q, k, v = _projections(cfg, x, lp, c)
-  q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+  fused = _fused_decode(cfg, h, lp, cache_kv)
+  q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
   if cache_kv is not None:
     kc, vc = cache_kv
@@ -155,10 +220,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
-  h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
-  h = h + rows_einsum("btf,fd->btd", _mlp_in(x, lp, c), c(lp["down"]))
-  return h, new_kv
+  return _out_mlp(cfg, h, a, lp, c, fused), new_kv
 
 
 def _layer_params(params: Params, i: int):
@@ -232,6 +294,13 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
           kc, vc = kc.at[i].set(ki), vc.at[i].set(vi)
     new_cache = {"k": kc, "v": vc,
                  "end": cache_end + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)}
+  if (not return_hidden and "lm_head_t" in params and cache is not None and t == 1
+      and jax.default_backend() in ("gpu", "cpu")
+      and decode_linear.supported(b, cfg.hidden_size, cfg.vocab_size, "plain")):
+    logits = decode_linear.linear(h[:, 0], params["lm_head_t"], norm_scale=params["final_norm"],
+                                  eps=cfg.rms_norm_eps, out_dtype=jnp.float32,
+                                  interpret=jax.default_backend() == "cpu")
+    return logits[:, None], new_cache
   h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
   if return_hidden:
     return h, new_cache
@@ -240,6 +309,8 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
 
 def unembedding(params: Params, cfg: Qwen2Config) -> jax.Array:
   """The [D, V] output matrix (the transposed embedding when tied)."""
+  if "lm_head_t" in params:                             # decode_layout(linear_impl="pallas")
+    return params["lm_head_t"].T
   return params["embed"].T if cfg.tie_embeddings else params["lm_head"]
 
 

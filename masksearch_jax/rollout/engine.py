@@ -73,7 +73,7 @@ class Engine:
                stop_ids: tuple[tuple[int, ...], ...] = (), *, compute_dtype=jnp.bfloat16,
                cache_dtype=jnp.bfloat16, attn_impl: str = "xla", scan_layers: bool = True,
                logits_hook: LogitsHook | None = None, state_sharding: Callable | None = None,
-               mesh=None):
+               mesh=None, linear_impl: str = "xla"):
     self.cfg, self.sampling, self.rcfg = cfg, sampling_cfg, rollout_cfg
     self.stop_ids = tuple(tuple(int(t) for t in s) for s in stop_ids if s)
     self.cache_dtype, self.compute_dtype = cache_dtype, compute_dtype
@@ -81,6 +81,14 @@ class Engine:
     self.scan_layers = scan_layers
     self._constrain = state_sharding or (lambda s: s)
     self.attn_impl = attn_impl
+    if linear_impl not in qwen2.LINEAR_IMPLS:
+      raise ValueError(f"linear_impl {linear_impl!r} not in {qwen2.LINEAR_IMPLS}")
+    if linear_impl == "pallas" and scan_layers:
+      raise ValueError("linear_impl='pallas' needs scan_layers=False (the unrolled decode layout)")
+    if linear_impl == "pallas" and mesh is not None and mesh.size > 1:
+      raise ValueError("linear_impl='pallas' runs on one device (its kernels are not partitioned);"
+                       f" got a mesh of {mesh.size} devices — use linear_impl='xla'")
+    self.linear_impl = linear_impl
     self._model = functools.partial(qwen2.apply, cfg=cfg, attn_impl=attn_impl,
                                     compute_dtype=compute_dtype, scan_layers=scan_layers)
     on = lambda f: mesh_lib.under_mesh(f, mesh)     # fused attention runs per shard under it
@@ -94,7 +102,7 @@ class Engine:
     """Weights in the compute dtype once per call, outside the decode loop: the model casts them
     anyway, and this way each step reads bf16 weights even when the params are f32 masters."""
     if not self.scan_layers:        # per-layer buffers + fused projections (qwen2.decode_layout)
-      return qwen2.decode_layout(params, self.cfg, self.compute_dtype)
+      return qwen2.decode_layout(params, self.cfg, self.compute_dtype, self.linear_impl)
     cast = lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
     return jax.tree.map(cast, params)
 

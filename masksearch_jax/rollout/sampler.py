@@ -39,6 +39,8 @@ class Sampler:
   mesh: optional; rows are placed over its `data_axis` (batch size must divide evenly).
   device_stops: off leaves stop detection to the host's text check alone (rows then run to the
     end of their chunk and are rolled back); for tests and tokenizers whose tag ids are unreliable.
+  linear_impl: "pallas" runs each one-token step's projections as model/decode_linear.py kernels
+    (norm, bias, RoPE, SwiGLU and residual fused in); needs scan_layers=False and one device.
   """
 
   def __init__(self, cfg: Qwen2Config, tokenizer, sampling_cfg: T.SamplingConfig = T.SamplingConfig(),
@@ -46,7 +48,7 @@ class Sampler:
                protocol: proto.Protocol = proto.DEFAULT, compute_dtype=jnp.bfloat16,
                cache_dtype=jnp.bfloat16, attn_impl: str = "xla", scan_layers: bool = True,
                logits_hook: eng.LogitsHook | None = None, mesh=None, data_axis: str = "data",
-               device_stops: bool = True):
+               device_stops: bool = True, linear_impl: str = "xla"):
     if rollout_cfg.use_tools and retriever is None:
       raise ValueError("rollout_cfg.use_tools is on but no retriever was given")
     self.cfg, self.tok, self.scfg, self.rcfg = cfg, tokenizer, sampling_cfg, rollout_cfg
@@ -56,7 +58,8 @@ class Sampler:
     self.engine = eng.Engine(cfg, sampling_cfg, rollout_cfg, stop_ids, compute_dtype=compute_dtype,
                              cache_dtype=cache_dtype, attn_impl=attn_impl, scan_layers=scan_layers,
                              logits_hook=logits_hook,
-                             state_sharding=sharding.state_constraint(mesh, data_axis), mesh=mesh)
+                             state_sharding=sharding.state_constraint(mesh, data_axis), mesh=mesh,
+                             linear_impl=linear_impl)
 
   # ---- inputs --------------------------------------------------------------------------------
   def _prompt_ids(self, prompts) -> list[list[int]]:

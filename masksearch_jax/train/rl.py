@@ -78,6 +78,7 @@ class RLConfig(TrainConfig):
   sampler_dtype: str = "bfloat16"      # rollout compute + KV cache
   sampler_scan_layers: bool = False    # unrolled decode (per-layer buffers) is ~2x faster on GPU
   sampler_attn_impl: str = ""          # rollout attention ("" = attn_impl); "pallas": one-kernel decode
+  sampler_linear_impl: str = "xla"     # "pallas": fused one-token projections (one device, unrolled)
   # update
   mini_batches: int = 1                # optimizer updates per RL step
   adv_eps: float = 1e-6
@@ -133,6 +134,10 @@ def validate(cfg: RLConfig, num_devices: int) -> None:
   if cfg.sampler_attn_impl and cfg.sampler_attn_impl not in attention.IMPLEMENTATIONS:
     errors.append(f"sampler_attn_impl={cfg.sampler_attn_impl!r} (one of "
                   f"{attention.IMPLEMENTATIONS}, or empty for attn_impl)")
+  if cfg.sampler_linear_impl not in qwen2.LINEAR_IMPLS:
+    errors.append(f"sampler_linear_impl={cfg.sampler_linear_impl!r} (one of {qwen2.LINEAR_IMPLS})")
+  elif cfg.sampler_linear_impl == "pallas" and cfg.sampler_scan_layers:
+    errors.append("sampler_linear_impl='pallas' needs sampler_scan_layers=False")
   if errors:
     raise ValueError("invalid RL config:\n  " + "\n  ".join(errors))
 
@@ -248,7 +253,8 @@ def make_sampler(model_cfg, tok, cfg: RLConfig, retriever, mesh=None, *, greedy:
                              retriever=retriever if use_tools else None,
                              protocol=cfg.reward.protocol, compute_dtype=dt, cache_dtype=dt,
                              attn_impl=cfg.sampler_attn_impl or cfg.attn_impl,
-                             scan_layers=cfg.sampler_scan_layers, mesh=mesh)
+                             scan_layers=cfg.sampler_scan_layers, mesh=mesh,
+                             linear_impl=cfg.sampler_linear_impl)
 
 
 def _stream_curriculum(cfg: RLConfig) -> str:
