@@ -34,6 +34,9 @@ flags.DEFINE_integer("new_tokens", 512, "generated tokens per row")
 flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "params / compute / cache dtype")
 flags.DEFINE_enum("scan_layers", "both", ["true", "false", "both"], "layer scan in decode")
 flags.DEFINE_string("attn_impl", "xla", "attention implementation (model/attention.py)")
+flags.DEFINE_enum("pad_single_row", "auto", ["auto", "true", "false", "both"],
+                  "batch 1 as two rows (Sampler(pad_single_row)); auto: the sampler's default; "
+                  "both: one column each (batch 1 only)")
 flags.DEFINE_list("linear_impls", ["xla"], "one-token projections (qwen2.LINEAR_IMPLS): xla, "
                   "pallas (model/decode_linear.py; unrolled layers only); several: one column each")
 flags.DEFINE_integer("repeats", 2, "timed repeats after one warm-up (best is reported)")
@@ -76,7 +79,8 @@ def roofline(cfg, batch, ctx, itemsize, bw_tbs):
   return batch / ((weights + kv) / (bw_tbs * 1e12))
 
 
-def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1, linear_impl="xla"):
+def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1, linear_impl="xla",
+               pad_single_row=None):
   import numpy as np
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T
@@ -89,7 +93,7 @@ def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1, linear_i
                            use_tools=False, steps_per_check=steps_per_check)
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, compute_dtype=dtype,
                             cache_dtype=dtype, attn_impl=FLAGS.attn_impl, scan_layers=scan,
-                            linear_impl=linear_impl)
+                            linear_impl=linear_impl, pad_single_row=pad_single_row)
     if name == "decode":
       holder = {}
 
@@ -100,7 +104,7 @@ def bench_ours(cfg, params, batch, scan, dtype, rng, steps_per_check=1, linear_i
         state = s.engine.decode(params, state)
         state["length"].block_until_ready()
         holder["t"] = time.perf_counter() - t
-        assert int(state["length"].min()) == P + N, "decode stopped early"
+        assert int(state["length"][:batch].min()) == P + N, "decode stopped early"
       one()
       ts = []
       for _ in range(FLAGS.repeats):
@@ -216,16 +220,19 @@ def main(argv):
                                                 itemsize, bw)}
       for scan in scans:
         for k in spcs:
-          for lin in FLAGS.linear_impls:
+          pads = {"auto": [None], "true": [True], "false": [False], "both": [False, True]}[
+              FLAGS.pad_single_row] if batch == 1 else [None]
+          for lin, pad in ((lin, pad) for lin in FLAGS.linear_impls for pad in pads):
             if lin != "xla" and scan:
               continue                                       # the fused kernels need unrolled layers
             try:
-              r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0), k, lin)
+              r = bench_ours(cfg, params, batch, scan, dtype, np.random.default_rng(0), k, lin, pad)
             except Exception as e:                           # e.g. out of memory at a large batch
               logging.exception("ours failed: %s batch %d scan %s linear %s", name, batch, scan, lin)
               r = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
             suffix = (f"_scan{int(scan)}" + (f"_k{k}" if len(spcs) > 1 else "")
-                      + (f"_{lin}" if len(FLAGS.linear_impls) > 1 else ""))
+                      + (f"_{lin}" if len(FLAGS.linear_impls) > 1 else "")
+                      + (f"_pad{int(pad)}" if len(pads) > 1 else ""))
             row.update({f"{n}{suffix}": v for n, v in r.items()})
       if FLAGS.hf and bs in hf_bs:
         try:

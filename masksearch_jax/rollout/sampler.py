@@ -41,6 +41,12 @@ class Sampler:
     end of their chunk and are rolled back); for tests and tokenizers whose tag ids are unreliable.
   linear_impl: "pallas" runs each one-token step's projections as model/decode_linear.py kernels
     (norm, bias, RoPE, SwiGLU and residual fused in); needs scan_layers=False and one device.
+    Measured slower than the XLA path on an H200 (benchmarks/RESULTS.md): an experiment.
+  pad_single_row: a batch of one prompt runs as two rows, the second a dead copy (inactive from
+    the start, dropped from the output). On GPUs a one-row product is a vector x matrix that
+    XLA would rewrite (model/matmul.rows_einsum pads it per product instead); two real rows need
+    no per-product padding and step faster (1.5B on an H200: 1.53 ms for two rows vs 1.59 for
+    one). None: on GPUs without a mesh or logits_hook (a hook sees the padded batch).
   """
 
   def __init__(self, cfg: Qwen2Config, tokenizer, sampling_cfg: T.SamplingConfig = T.SamplingConfig(),
@@ -48,12 +54,16 @@ class Sampler:
                protocol: proto.Protocol = proto.DEFAULT, compute_dtype=jnp.bfloat16,
                cache_dtype=jnp.bfloat16, attn_impl: str = "xla", scan_layers: bool = True,
                logits_hook: eng.LogitsHook | None = None, mesh=None, data_axis: str = "data",
-               device_stops: bool = True, linear_impl: str = "xla"):
+               device_stops: bool = True, linear_impl: str = "xla",
+               pad_single_row: bool | None = None):
     if rollout_cfg.use_tools and retriever is None:
       raise ValueError("rollout_cfg.use_tools is on but no retriever was given")
     self.cfg, self.tok, self.scfg, self.rcfg = cfg, tokenizer, sampling_cfg, rollout_cfg
     self.retriever, self.protocol = retriever, protocol
     self.mesh, self.data_axis = mesh, data_axis
+    if pad_single_row is None:
+      pad_single_row = mesh is None and logits_hook is None and jax.default_backend() == "gpu"
+    self.pad_single_row = pad_single_row
     stop_ids = tools.stop_id_sequences(tokenizer, rollout_cfg, protocol) if device_stops else ()
     self.engine = eng.Engine(cfg, sampling_cfg, rollout_cfg, stop_ids, compute_dtype=compute_dtype,
                              cache_dtype=cache_dtype, attn_impl=attn_impl, scan_layers=scan_layers,
@@ -79,8 +89,12 @@ class Sampler:
     return jax.device_put(x) if s is None else jax.device_put(x, s)
 
   def start(self, params, prompts, seed: int | jax.Array = 0):
-    """Prefill only: (device state, prompt lengths). Exposed for benchmarks."""
+    """Prefill only: (device state, prompt lengths), both over all rows — with pad_single_row a
+    one-prompt batch has a second, dead row (limit = its prompt length: inactive from the start).
+    Exposed for benchmarks."""
     ids = self._prompt_ids(prompts)
+    dead = 1 if self.pad_single_row and len(ids) == 1 else 0
+    ids = ids + ids[:dead]
     b = len(ids)
     if b % sharding.data_size(self.mesh, self.data_axis):
       raise ValueError(f"batch {b} does not divide over data axis of {self.mesh.shape}")
@@ -91,7 +105,10 @@ class Sampler:
       arr[i, :len(x)] = x
     new = self.rcfg.max_new_tokens
     limit = np.minimum(self.rcfg.max_len, lens + (new if new is not None else self.rcfg.max_len))
-    keys = np.asarray(sampling.row_keys(seed, b))
+    if dead:
+      limit[-dead:] = lens[-dead:]
+    keys = np.asarray(sampling.row_keys(seed, b - dead))      # real rows' keys as without padding
+    keys = np.concatenate([keys, keys[:dead]])
     state = self.engine.prefill(params, self._put(arr), self._put(lens), self._put(limit.astype(np.int32)),
                                 self._put(keys))
     return state, lens
@@ -165,7 +182,7 @@ class Sampler:
         st["splice_s"] += time.perf_counter() - t
       elif (rewind != length).any() or (active != dev_active).any():
         state = self.engine.update(state, self._put(rewind.astype(np.int32)), self._put(active))
-    return self._collect(state, plen, finish, nsearch, nerr, queries, st, t0)
+    return self._collect(state, plen, finish, nsearch, nerr, queries, st, t0, len(prompts))
 
   def _splice(self, params, state, feeds, rewind, active, tokens, limit, finish, turn_start):
     """Tokenises the observations within budget and runs one jitted splice for all of them."""
@@ -189,9 +206,11 @@ class Sampler:
     return self.engine.splice(params, state, self._put(feed), self._put(feed_len),
                               self._put(rewind.astype(np.int32)), self._put(active))
 
-  def _collect(self, state, plen, finish, nsearch, nerr, queries, st, t0) -> T.Rollout:
-    tokens, mask, lps, length = jax.device_get(
-        (state["tokens"], state["mask"], state["logprobs"], state["length"]))
+  def _collect(self, state, plen, finish, nsearch, nerr, queries, st, t0, n: int) -> T.Rollout:
+    """The first n rows (the rest are pad_single_row's dead copy) as a Rollout."""
+    tokens, mask, lps, length = (x[:n] for x in jax.device_get(
+        (state["tokens"], state["mask"], state["logprobs"], state["length"])))
+    plen, finish, nsearch, nerr, queries = plen[:n], finish[:n], nsearch[:n], nerr[:n], queries[:n]
     live = np.arange(tokens.shape[1])[None, :] < length[:, None]
     tokens = np.where(live, tokens, self.rcfg.pad_id).astype(np.int32)
     mask = np.where(live, mask, 0).astype(np.int32)

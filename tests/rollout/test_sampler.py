@@ -186,6 +186,34 @@ def test_steps_per_check_gives_identical_rollouts(model, tok):
   assert list(a.num_searches) == list(b.num_searches) and a.num_searches[0] == 2
 
 
+def test_single_prompt_as_two_rows_is_identical(model, tok):
+  """pad_single_row runs one prompt as two rows (the second dead from the start): the rollout of
+  the real row — searches, splices, sampled tokens, log-probs — is the unpadded one, and the
+  output has one row."""
+  cfg, params = model
+  parts = [["<search> capital </search>", 3, "<search> the river </search>", 2,
+            "<answer> paris </answer>"]]
+  outs = []
+  for pad in (False, True):
+    script = _script(tok, parts * (2 if pad else 1), 48)
+    rcfg = T.RolloutConfig(max_len=112, max_new_tokens=90, prompt_buckets=(16,), chunk_steps=12,
+                           max_tool_tokens=24, top_k_docs=2, max_turns=3, eos_ids=(fx.tid(fx.EOS),))
+    ret = fx.FakeRetriever()
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.8), rcfg, retriever=ret,
+                            logits_hook=fx.script_hook(script), scan_layers=False,
+                            pad_single_row=pad, **F32)
+    state, _ = s.start(params, ["who wrote the book"])
+    assert state["length"].shape[0] == (2 if pad else 1)
+    outs.append((s.generate(params, ["who wrote the book"], seed=3), ret.calls))
+  (a, calls_a), (b, calls_b) = outs
+  assert a.tokens.shape == b.tokens.shape and a.tokens.shape[0] == 1
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-6)
+  assert a.queries == b.queries == [["capital", "the river"]] and calls_a == calls_b
+  assert list(a.finish_reason) == list(b.finish_reason) == [T.ANSWER]
+
+
 class _CompileCounter:
   """Counts XLA backend compilations while active (jax.monitoring duration events)."""
   EVENT = "/jax/core/compile/backend_compile_duration"
