@@ -37,8 +37,9 @@ def _largest_pow2_divisor(n: int, cap: int) -> int:
 
 
 def blocks(m: int, k: int, n_cols: int) -> tuple[int, int]:
-  """(bk, bn): K tile and output columns per program block, from the row count."""
-  bk = _largest_pow2_divisor(k, 512 if m <= 2 else 256 if m <= 4 else 128)
+  """(bk, bn): K tile and output columns per program block, from the row count. With M <= 8 the
+  [M, bn, bk] f32 accumulator stays at 4096 elements (32 registers a thread at 4 warps)."""
+  bk = _largest_pow2_divisor(k, max(64, 512 // m) if m <= 8 else 128)
   bn = _largest_pow2_divisor(n_cols, 8 if m <= 8 else 16)
   return bk, bn
 
@@ -99,7 +100,9 @@ def _kernel(*refs, mode, m, k, bk, bn, unroll, eps, one_row_dot, has_norm, has_b
       return jnp.sum(y, axis=0, keepdims=True)                          # exact: rows 1.. are 0
     if dot:
       return jnp.dot(xb, wb.T, preferred_element_type=jnp.float32)      # [M, bn]
-    return jnp.sum(xb.astype(jnp.float32)[:, None, :] * wb.astype(jnp.float32)[None, :, :], axis=2)
+    # GEMV: element-wise products accumulate in [M, bn, bk] and are summed over K once after the
+    # loop, so no cross-thread reduction sits inside the loop.
+    return xb.astype(jnp.float32)[:, None, :] * wb.astype(jnp.float32)[None, :, :]
 
   paired = mode != "plain"
 
@@ -110,8 +113,11 @@ def _kernel(*refs, mode, m, k, bk, bn, unroll, eps, one_row_dot, has_norm, has_b
       accs = (a, accs[1] + product(xb, col_b, i * unroll + u)) if paired else (a,)
     return accs
 
-  zero = jnp.zeros((m, bn), jnp.float32)
+  gemv = not dot and not one_row_dot
+  zero = jnp.zeros((m, bn, bk) if gemv else (m, bn), jnp.float32)
   accs = jax.lax.fori_loop(0, nk // unroll, body, (zero, zero) if paired else (zero,))
+  if gemv:
+    accs = tuple(jnp.sum(a, axis=2) for a in accs)                      # [M, bn]
 
   def rounded(acc, col):                        # the XLA path rounds the product, then adds bias
     if out_dtype == jnp.float32 and not has_bias:
@@ -159,7 +165,7 @@ def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, b
   mode "swiglu": w_t = [gate; up] ([2F, K]) -> silu(x @ gate.T) * (x @ up.T), N' = F.
   mode "rope": heads of `head_dim` columns; the first `rotary_heads` get rotate-half RoPE at
     `positions` [M] after the bias (the fused q/k/v projection: q and k heads rotate, v do not).
-  block_k / block_n (0: `blocks`), unroll (K tiles per loop trip; 0: up to 4 for M <= 8, where
+  block_k / block_n (0: `blocks`), unroll (K tiles per loop trip; 0: up to 8 for M <= 8, where
   Triton does not pipeline the loop, 1 with tl.dot), one_row_dot (M = 1 through tl.dot on a
   zero-padded 16-row tile) and num_warps / num_stages are tuning knobs.
   """
@@ -178,7 +184,7 @@ def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, b
     raise ValueError(f"block_k={bk} / block_n={bn} do not tile K={k} / {half or n} columns")
   nk = k // bk
   if not unroll:
-    unroll = max(u for u in range(1, 5) if nk % u == 0) if m < 16 and not one_row_dot else 1
+    unroll = max(u for u in range(1, 9) if nk % u == 0) if m < 16 and not one_row_dot else 1
   if nk % unroll:
     raise ValueError(f"unroll={unroll} does not divide the {nk} K tiles")
   programs = n_out // bn if mode == "swiglu" else n // bn // (2 if mode == "rope" else 1)
