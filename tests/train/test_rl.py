@@ -140,6 +140,10 @@ def test_validate_names_fields():
     rl.validate(_cfg(sampler_attn_impl="flash"), 1)
   with pytest.raises(ValueError, match=r"min_informative_frac=0.0 must be in \(0, 1\]"):
     rl.validate(_cfg(min_informative_frac=0.0), 1)
+  with pytest.raises(ValueError, match="sampler_linear_impl='cuda'"):
+    rl.validate(_cfg(sampler_linear_impl="cuda"), 1)
+  with pytest.raises(ValueError, match="needs sampler_scan_layers=False"):
+    rl.validate(_cfg(sampler_linear_impl="pallas", sampler_scan_layers=True), 1)
 
 
 def test_rollout_attention_has_its_own_field():
@@ -152,6 +156,10 @@ def test_rollout_attention_has_its_own_field():
     rl.validate(cfg, 1)
     s = rl.make_sampler(mcfg, tok, cfg, types.SimpleNamespace(search=lambda q, k: []), None)
     assert s.engine.attn_impl == want
+  cfg = _cfg(sampler_linear_impl="pallas", sampler_scan_layers=False)
+  rl.validate(cfg, 1)
+  s = rl.make_sampler(mcfg, tok, cfg, types.SimpleNamespace(search=lambda q, k: []), None)
+  assert s.engine.linear_impl == "pallas"
 
 
 # ------------------------------------------------------------------------------ the loop
