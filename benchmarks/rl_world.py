@@ -22,6 +22,7 @@ from absl import app, flags
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import rl_results  # noqa: E402
 from benchmarks import world_variants as variants  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/rl_world", "Everything goes here.")
@@ -222,6 +223,7 @@ def main(argv: Sequence[str]) -> None:
   if _DIAG.value:
     diagnostics(results, "b", cfg, sft_params, mcfg, tok, mesh, test, wdir, search)
   print(f"SFT evals in {time.perf_counter() - t:.0f}s: {results}", flush=True)
+  rl_results.save(work, results, "sft_evaluated")    # a run killed in DAPO keeps (a) and (b)
   del sft_params
   t = time.perf_counter()
   out = rl.run(cfg)
@@ -234,11 +236,8 @@ def main(argv: Sequence[str]) -> None:
                                                  search)
   if _DIAG.value:
     diagnostics(results, "c", cfg, out["state"].params, mcfg, tok, mesh, test, wdir, search)
-  curve = [json.loads(l) for l in (work / "rl" / "metrics.jsonl").read_text().splitlines()]
-  results["rl_curve"] = [{k: r[k] for k in ("step", "reward/total", "accuracy", "eval/accuracy",
-                                              "eval_train/accuracy")
-                          if k in r} for r in curve]
-  (work / "results.json").write_text(json.dumps(results, indent=1))
+  curve = results["rl_curve"] = rl_results.rl_curve(work / "rl" / "metrics.jsonl")
+  rl_results.save(work, results, "complete")
   print("\nheld-out exact match (greedy), n =", len(test))
   print(f"{'model':34s} {'accuracy':>9s} {'format':>7s} {'searches':>9s}")
   for name, key in (("(a) SFT, no search", "a_sft_no_search"), ("(b) SFT, search", "b_sft_search"),

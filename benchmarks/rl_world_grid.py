@@ -28,6 +28,8 @@ from typing import Sequence
 from absl import app, flags
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))                      # run from a checkout, uninstalled
+from benchmarks import rl_results  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("grid_workdir", "/tmp/rl_world_grid", "Everything goes here.")
 _COMMON = flags.DEFINE_string("grid_common", "", "rl_world.py flags every variant gets.")
@@ -149,6 +151,12 @@ def table(results: dict[str, dict | None]) -> str:
     cells = [f"{100 * r[k]['accuracy']:.1f}%" if k in r else "–" for _, k in cols]
     curve = r.get("rl_curve") or []
     rw = (f"{curve[0]['reward/total']:.3f} → {curve[-1]['reward/total']:.3f}" if curve else "–")
+    if r.get("stage", "complete") != "complete":
+      evals = [c for c in curve if "eval/accuracy" in c]
+      rw += (f"; stopped in DAPO after step {curve[-1]['step']}" if curve else
+             "; stopped before DAPO's first step")
+      if evals:
+        rw += f" (held-out {100 * evals[-1]['eval/accuracy']:.1f}% at step {evals[-1]['step']})"
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {rw} |")
   return "\n".join(lines) + "\n"
 
@@ -166,10 +174,7 @@ def main(argv: Sequence[str]) -> None:
     return
   workdir.mkdir(parents=True, exist_ok=True)
   run_all(entries, workdir, _PARALLEL.value, _MEM.value, _TIMEOUT.value)
-  results = {}
-  for e in entries:
-    f = workdir / e["name"] / "results.json"
-    results[e["name"]] = json.loads(f.read_text()) if f.exists() else None
+  results = {e["name"]: rl_results.load(workdir / e["name"]) for e in entries}
   (workdir / "grid.json").write_text(json.dumps(results, indent=1))
   md = table(results)
   (workdir / "grid.md").write_text(md)

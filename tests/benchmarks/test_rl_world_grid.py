@@ -70,3 +70,24 @@ def test_table_marks_missing_runs():
   md = grid.table({"A0": r, "A1": None})
   assert "| A0 | 0.5% | 25.8% | 26.8% | 0.660 → 0.888 |" in md
   assert "| A1 | – | – | – | did not finish |" in md
+
+
+def test_a_run_stopped_in_dapo_keeps_its_sft_figures_and_curve(tmp_path):
+  """rl_world.py saves after the SFT evals (stage sft_evaluated); killed in DAPO, the grid still
+  tables (a) and (b) and says where DAPO stopped, from the trainer's metrics (torn last line)."""
+  from benchmarks import rl_results
+  work = tmp_path / "W0"
+  (work / "rl").mkdir(parents=True)
+  rl_results.save(work, {"a_sft_no_search": {"accuracy": 0.0}, "b_sft_search": {"accuracy": 0.03}},
+                  "sft_evaluated")
+  (work / "rl" / "metrics.jsonl").write_text(
+      '{"step": 1, "reward/total": 0.5, "accuracy": 0.01}\n'
+      '{"step": 2, "reward/total": 0.6, "accuracy": 0.02, "eval/accuracy": 0.035}\n{"step": 3, "rew')
+  r = rl_results.load(work)
+  assert r["stage"] == "sft_evaluated" and [c["step"] for c in r["rl_curve"]] == [1, 2]
+  md = grid.table({"W0": r, "W1": rl_results.load(tmp_path / "W1")})
+  assert ("| W0 | 0.0% | 3.0% | 0.500 → 0.600; stopped in DAPO after step 2 "
+          "(held-out 3.5% at step 2) |") in md, md
+  assert "| W1 | – | – | did not finish |" in md
+  rl_results.save(work, dict(r, c_sft_dapo_search={"accuracy": 0.05}), "complete")
+  assert "stopped" not in grid.table({"W0": rl_results.load(work)})
