@@ -153,7 +153,7 @@ def main(argv):
       if name.startswith("lm_head"):
         extra = dict(norm_scale=jnp.ones((k,), bf), out_dtype=jnp.float32)
       mb = n * k * 2 / 1e6
-      wts = [w.T for w in ws]                       # XLA reads the [in, out] layout it gets in qwen2
+      wts = [w.T for w in ws]                  # XLA reads the [in, out] layout it gets in qwen2
       t_x = _time(_looped(lambda x, w: rows_einsum("btk,kn->btn", x[:, None], w)[:, 0], reps),
                   (x, wts), FLAGS.repeats) / copies / reps
       del wts

@@ -11,8 +11,14 @@ Here each projection is one launch that reads its weight once, in row-contiguous
 Weights are stored transposed, w_t [N, K] (K contiguous: every program streams whole rows), which
 is also the layout of a tied embedding used as the LM head. Program j owns a block of `bn` output
 columns (two blocks where the epilogue pairs columns: the two RoPE halves of a head, or a gate and
-its up column) and loops over K in `bk`-wide tiles. With M <= 8 rows the product is an elementwise
-multiply + row sum (a GEMV: no tensor cores needed, no row padding); with M >= 16 it is `tl.dot`.
+its up column) and loops over K in `bk`-wide tiles. With M <= 8 rows the product is a GEMV:
+element-wise products accumulated over the K tiles and summed once at the end (no tensor cores,
+no row padding); with M >= 16 it is `tl.dot`.
+
+Status, measured (benchmarks/RESULTS.md, H200): correct, but slower than XLA in the sampler — the
+GEMV streams the large MLP and LM-head weights at 30-68% of the copy rate where cuBLAS reaches
+70-90%. Hence opt-in (`Sampler(linear_impl="pallas")`); `benchmarks/decode_linear.py` is the tool
+for tuning it.
 
 Numerics mirror `qwen2.py` step by step (norm in f32, rounded to the compute dtype before the
 scale; bias added to the rounded product; RoPE in f32), so results equal the XLA path up to the
@@ -55,8 +61,8 @@ def supported(m: int, k: int, n: int, mode: str, head_dim: int = 0) -> bool:
   return bn >= (8 if m <= 8 else 16)
 
 
-def _kernel(*refs, mode, m, k, bk, bn, unroll, eps, one_row_dot, has_norm, has_bias, has_res, half, n_rot,
-            out_dtype, dot):
+def _kernel(*refs, mode, m, k, bk, bn, unroll, eps, one_row_dot, has_norm, has_bias, has_res,
+            half, n_rot, out_dtype, dot):
   it = iter(refs)
   x_ref, w_ref = next(it), next(it)
   scale_ref = next(it) if has_norm else None
@@ -196,9 +202,9 @@ def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, b
   if residual is not None:
     args.append(residual)
   kern = functools.partial(
-      _kernel, mode=mode, m=m, k=k, bk=bk, bn=bn, unroll=unroll, eps=eps, one_row_dot=one_row_dot, has_norm=norm_scale is not None,
-      has_bias=bias is not None, has_res=residual is not None, half=half,
-      n_rot=rotary_heads, out_dtype=jnp.dtype(out_dtype), dot=m >= 16)
+      _kernel, mode=mode, m=m, k=k, bk=bk, bn=bn, unroll=unroll, eps=eps, one_row_dot=one_row_dot,
+      has_norm=norm_scale is not None, has_bias=bias is not None, has_res=residual is not None,
+      half=half, n_rot=rotary_heads, out_dtype=jnp.dtype(out_dtype), dot=m >= 16)
   kwargs = {}
   if not interpret:
     from jax.experimental.pallas import triton as plgpu
