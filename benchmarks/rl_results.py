@@ -27,6 +27,7 @@ def rl_curve(metrics: Path) -> list[dict]:
 
 def save(work: Path, results: dict, stage: str) -> None:
   """Atomically (write + rename): a reader never sees half a file."""
+  work.mkdir(parents=True, exist_ok=True)          # with --shared, nothing else has made it yet
   tmp = work / "results.json.tmp"
   tmp.write_text(json.dumps(dict(results, stage=stage), indent=1))
   tmp.replace(work / "results.json")

@@ -239,7 +239,8 @@ def main(argv: Sequence[str]) -> None:
   curve = results["rl_curve"] = rl_results.rl_curve(work / "rl" / "metrics.jsonl")
   rl_results.save(work, results, "complete")
   print("\nheld-out exact match (greedy), n =", len(test))
-  print(f"{'model':34s} {'accuracy':>9s} {'format':>7s} {'searches':>9s}")
+  print(f"{'model':34s} {'accuracy':>9s} {'format':>7s} {'searches':>9s} {'retrieved':>9s} "
+        f"{'acc|retr':>8s}")
   for name, key in (("(a) SFT, no search", "a_sft_no_search"), ("(b) SFT, search", "b_sft_search"),
                     ("(c) SFT + DAPO, search", "c_sft_dapo_search"),
                     ("    SFT + DAPO, no search", "c_sft_dapo_no_search"),
@@ -248,7 +249,12 @@ def main(argv: Sequence[str]) -> None:
                     ("(c) SFT + DAPO, search: 1-hop only", "c_sft_dapo_search_1hop"),
                     ("(c) SFT + DAPO, search: 2-hop only", "c_sft_dapo_search_2hop")):
     r = results[key]
-    print(f"{name:34s} {r['accuracy']:9.3f} {r['format']:7.3f} {r['searches']:9.2f}")
+    read = r.get("accuracy_when_retrieved")
+    print(f"{name:34s} {r['accuracy']:9.3f} {r['format']:7.3f} {r['searches']:9.2f} "
+          f"{r.get('answer_retrieved', float('nan')):9.3f} "
+          f"{'-' if read is None else format(read, '.3f'):>8s}")
+  print("retrieved: share of answers whose observations held the gold answer (search worked); "
+        "acc|retr: accuracy among those (reading)")
   print(f"training-prompt reward: step 1 {curve[0]['reward/total']:.3f} -> step "
         f"{curve[-1]['step']} {curve[-1]['reward/total']:.3f}; written {work / 'results.json'}")
 

@@ -48,6 +48,11 @@ class Protocol:
       return None
     return text[start + len(self.answer_open):end].strip()
 
+  def observations(self, text: str) -> list[str]:
+    """The contents of every `<information>…</information>` block, in order."""
+    pat = re.escape(self.info_open) + r"(.*?)" + re.escape(self.info_close)
+    return re.findall(pat, text, flags=re.S)
+
   def strip_information(self, text: str) -> str:
     """Drops every `<information>…</information>` block (what the environment wrote)."""
     pat = re.escape(self.info_open) + r".*?" + re.escape(self.info_close)

@@ -17,8 +17,8 @@ from masksearch_jax.rl import batch as batch_lib
 from masksearch_jax.rl import dynamic_sampling, rewards
 from masksearch_jax.rollout import types as rtypes
 
-__all__ = ["render_prompt", "response_text", "accuracy", "Generator", "assemble",
-           "rollout_metrics", "evaluate_accuracy"]
+__all__ = ["render_prompt", "response_text", "accuracy", "answer_retrieved", "Generator",
+           "assemble", "rollout_metrics", "evaluate_accuracy"]
 
 
 def render_prompt(tok, example: dict, chat_template: bool = True) -> str:
@@ -47,6 +47,23 @@ def accuracy(texts: Sequence[str], golds: Sequence[Any], protocol) -> np.ndarray
   for i, (t, g) in enumerate(zip(texts, golds)):
     gold = rewards.as_gold(g, i)
     out[i] = float(rewards.answer_score(protocol.extract_answer(t), gold, _EM) == 1.0)
+  return out
+
+
+def answer_retrieved(texts: Sequence[str], golds: Sequence[Any], protocol) -> np.ndarray:
+  """[N] 1.0 where the observations the environment wrote contain the answer: a gold answer
+  (any one of them; for RAMP every mask) as a whole-word run of the SQuAD-normalised text.
+
+  Splits failures into search (the answer never came back) and reading (it came back and the
+  final answer is still wrong), which accuracy alone cannot tell apart."""
+  from masksearch_jax.eval.metrics import normalize_answer
+  out = np.zeros(len(texts), np.float32)
+  for i, (t, g) in enumerate(zip(texts, golds)):
+    gold = rewards.as_gold(g, i)
+    seen = " " + normalize_answer(" ".join(protocol.observations(t))) + " "
+    found = [f" {normalize_answer(a)} " in seen for a in (gold.masks or gold.answers)
+             if normalize_answer(a)]
+    out[i] = float(bool(found) and (all(found) if gold.masks else any(found)))
   return out
 
 
@@ -128,8 +145,10 @@ def rollout_metrics(log: Sequence[dict]) -> dict[str, float]:
 def evaluate_accuracy(sampler, params, tokenizer, examples: Sequence[dict], protocol,
                       chat_template: bool = True, batch_size: int = 32) -> dict[str, float]:
   """Accuracy, format validity and searches per answer of `sampler` (greedy for evaluation; its
-  rollout config decides whether search is allowed). The last batch is padded (one compile)."""
-  accs, fmts, searches = [], [], []
+  rollout config decides whether search is allowed), plus `answer_retrieved` (share whose
+  observations held the answer) and `accuracy_when_retrieved` (accuracy among those; None if no
+  example retrieved it). The last batch is padded (one compile)."""
+  accs, fmts, searches, found = [], [], [], []
   for i in range(0, len(examples), batch_size):
     exs = list(examples[i:i + batch_size])
     prompts = [render_prompt(tokenizer, ex, chat_template) for ex in exs]
@@ -137,7 +156,11 @@ def evaluate_accuracy(sampler, params, tokenizer, examples: Sequence[dict], prot
     ro = sampler.generate(params, prompts, seed=0)
     texts = [response_text(tokenizer, t) for t in ro.texts[:len(exs)]]
     accs.append(accuracy(texts, [e["gold"] for e in exs], protocol))
+    found.append(answer_retrieved(texts, [e["gold"] for e in exs], protocol))
     fmts += [rewards.check_format(t, protocol).ok for t in texts]
     searches.append(ro.num_searches[:len(exs)])
-  return {"accuracy": float(np.concatenate(accs).mean()), "format": float(np.mean(fmts)),
-          "searches": float(np.concatenate(searches).mean()), "n": len(examples)}
+  acc, found = np.concatenate(accs), np.concatenate(found).astype(bool)
+  return {"accuracy": float(acc.mean()), "format": float(np.mean(fmts)),
+          "searches": float(np.concatenate(searches).mean()), "n": len(examples),
+          "answer_retrieved": float(found.mean()),
+          "accuracy_when_retrieved": float(acc[found].mean()) if found.any() else None}

@@ -353,11 +353,11 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
       if eval_sampler is not None and step % cfg.eval_every == 0:
         last_eval = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer,
                                               eval_examples, proto, cfg.chat_template)
-        row.update({f"eval/{k}": v for k, v in last_eval.items() if k != "n"})
+        row.update({f"eval/{k}": v for k, v in last_eval.items() if k != "n" and v is not None})
         if train_eval:
           te = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer, train_eval, proto,
                                          cfg.chat_template)
-          row.update({f"eval_train/{k}": v for k, v in te.items() if k != "n"})
+          row.update({f"eval_train/{k}": v for k, v in te.items() if k != "n" and v is not None})
       writer.write(step, row)                     # raises on NaN/Inf before any save
       if mgr.save(step, state, {"rl_step": step, **stream.state()}, force=step == cfg.steps):
         saved = step

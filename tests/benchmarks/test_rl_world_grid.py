@@ -77,9 +77,9 @@ def test_a_run_stopped_in_dapo_keeps_its_sft_figures_and_curve(tmp_path):
   tables (a) and (b) and says where DAPO stopped, from the trainer's metrics (torn last line)."""
   from benchmarks import rl_results
   work = tmp_path / "W0"
-  (work / "rl").mkdir(parents=True)
   rl_results.save(work, {"a_sft_no_search": {"accuracy": 0.0}, "b_sft_search": {"accuracy": 0.03}},
-                  "sft_evaluated")
+                  "sft_evaluated")                     # makes the run's directory
+  (work / "rl").mkdir()
   (work / "rl" / "metrics.jsonl").write_text(
       '{"step": 1, "reward/total": 0.5, "accuracy": 0.01}\n'
       '{"step": 2, "reward/total": 0.6, "accuracy": 0.02, "eval/accuracy": 0.035}\n{"step": 3, "rew')

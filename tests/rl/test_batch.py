@@ -90,3 +90,40 @@ def test_accuracy_exact_match():
   texts = ["<think>x</think><answer> paris. </answer>", "<answer> Paris France </answer>",
            "<answer> a b; c </answer>", "no answer tag"]
   np.testing.assert_array_equal(collect.accuracy(texts, golds, DEFAULT), [1, 0, 1, 0])
+
+
+def test_answer_retrieved_splits_search_from_reading_failures():
+  """The answer counts as retrieved when it stands as whole words in an observation the
+  environment wrote — not in the model's own text, not as part of a longer word; RAMP needs
+  every mask."""
+  obs = lambda body: f"<information>{body}</information>"
+  golds = [{"gold_answers": ["Paris"]}, {"gold_answers": ["Paris", "Lutetia"]},
+           {"gold_answers": ["Paris"]}, {"gold_answers": ["Paris"]},
+           {"masks": ["Rhine", "1871"]}, {"masks": ["Rhine", "1871"]}]
+  texts = [
+      "<search> q </search>" + obs("Doc 1(Title: X) The capital is Paris.") + "<answer> Rome </answer>",
+      obs("Doc 1 the old name lutetia") + "<answer> x </answer>",
+      "<think> Paris </think>" + obs("Doc 1 nothing here") + "<answer> Paris </answer>",
+      obs("Doc 1 Parisian cafes") + "<answer> x </answer>",
+      obs("the Rhine") + obs("in 1871.") + "<answer> x </answer>",
+      obs("the Rhine") + "<answer> x </answer>",
+  ]
+  np.testing.assert_array_equal(collect.answer_retrieved(texts, golds, DEFAULT), [1, 1, 0, 0, 1, 0])
+  assert DEFAULT.observations(texts[4]) == ["the Rhine", "in 1871."]
+
+
+def test_evaluate_accuracy_reports_retrieval_and_reading():
+  import types
+
+  class _Sampler:                                  # the texts a sampler would have produced
+    def generate(self, params, prompts, seed=0):
+      texts = ["<information>Doc Paris</information><answer> Paris </answer>",
+               "<information>Doc Paris</information><answer> Rome </answer>",
+               "<information>Doc none</information><answer> Rome </answer>"][:len(prompts)]
+      return types.SimpleNamespace(texts=texts, num_searches=np.ones(len(prompts), np.int32))
+
+  exs = [{"prompt": f"q{i}", "gold": {"gold_answers": ["Paris"]}} for i in range(3)]
+  r = collect.evaluate_accuracy(_Sampler(), None, None, exs, DEFAULT, chat_template=False,
+                                batch_size=3)
+  assert r["accuracy"] == pytest.approx(1 / 3) and r["answer_retrieved"] == pytest.approx(2 / 3)
+  assert r["accuracy_when_retrieved"] == pytest.approx(0.5)        # a reading failure
