@@ -139,16 +139,27 @@ _COLS = (("(a) no search", "a_sft_no_search"), ("(b) SFT", "b_sft_search"),
          ("(c) train prompts", "c_greedy_rl_prompts"))
 
 
+def _split(e: dict | None) -> str:
+  if not e or "answer_retrieved" not in e:
+    return "–"
+  read = e.get("accuracy_when_retrieved")
+  return f"{100 * e['answer_retrieved']:.0f}% / " + ("–" if read is None else f"{100 * read:.0f}%")
+
+
 def table(results: dict[str, dict | None]) -> str:
   """Markdown: one row per variant, accuracies in %, '–' where a figure is missing."""
   cols = [c for c in _COLS if any(r and c[1] in r for r in results.values())] or list(_COLS[:3])
-  lines = ["| variant | " + " | ".join(c[0] for c in cols) + " | reward first → last |",
-           "|---" * (len(cols) + 2) + "|"]
+  split = any(r and "answer_retrieved" in r.get("b_sft_search", {}) for r in results.values())
+  extra = ["retrieved / read, (b) → (c)"] if split else []
+  lines = ["| variant | " + " | ".join([c[0] for c in cols] + extra) + " | reward first → last |",
+           "|---" * (len(cols) + len(extra) + 2) + "|"]
   for name, r in results.items():
     if not r:
-      lines.append(f"| {name} | " + " | ".join("–" for _ in cols) + " | did not finish |")
+      lines.append(f"| {name} | " + " | ".join("–" for _ in cols + extra) + " | did not finish |")
       continue
     cells = [f"{100 * r[k]['accuracy']:.1f}%" if k in r else "–" for _, k in cols]
+    if split:                 # search vs reading: answer in the observations / accuracy then
+      cells.append(" → ".join(_split(r.get(k)) for k in ("b_sft_search", "c_sft_dapo_search")))
     curve = r.get("rl_curve") or []
     rw = (f"{curve[0]['reward/total']:.3f} → {curve[-1]['reward/total']:.3f}" if curve else "–")
     if r.get("stage", "complete") != "complete":

@@ -91,3 +91,13 @@ def test_a_run_stopped_in_dapo_keeps_its_sft_figures_and_curve(tmp_path):
   assert "| W1 | – | – | did not finish |" in md
   rl_results.save(work, dict(r, c_sft_dapo_search={"accuracy": 0.05}), "complete")
   assert "stopped" not in grid.table({"W0": rl_results.load(work)})
+
+
+def test_table_splits_search_from_reading_when_present():
+  b = {"accuracy": 0.2, "answer_retrieved": 0.6, "accuracy_when_retrieved": 0.3}
+  c = {"accuracy": 0.25, "answer_retrieved": 0.7, "accuracy_when_retrieved": None}
+  md = grid.table({"A0": {"a_sft_no_search": {"accuracy": 0.0}, "b_sft_search": b,
+                          "c_sft_dapo_search": c, "rl_curve": []}, "A1": None})
+  assert "| retrieved / read, (b) → (c) |" in md
+  assert "| A0 | 0.0% | 20.0% | 25.0% | 60% / 30% → 70% / – | – |" in md, md
+  assert "| A1 | – | – | – | – | did not finish |" in md
