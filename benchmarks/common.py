@@ -97,6 +97,19 @@ def measure_copy_torch(n_bytes: int = 1 << 30, iters: int = 20) -> float | None:
     return None
 
 
+def roofline_bandwidth(platform: str) -> dict[str, float]:
+  """Measured copy bandwidths (TB/s) and the one a roofline should use, under "roofline_tbs":
+  a device copy timed by torch where it has CUDA (the honest ceiling), else XLA's elementwise
+  loop (a small buffer on CPU: a smoke test)."""
+  out = {"measured_copy_tbs": measure_bandwidth(
+      32 * 1024 * 1024 if platform == "cpu" else 512 * 1024 * 1024)}
+  torch_copy = measure_copy_torch() if platform == "gpu" else None
+  if torch_copy:
+    out["torch_copy_tbs"] = torch_copy
+  out["roofline_tbs"] = torch_copy or out["measured_copy_tbs"]
+  return out
+
+
 def median(xs):
   return statistics.median(xs)
 

@@ -119,7 +119,6 @@ def main(argv):
   from masksearch_jax.model.matmul import rows_einsum
   from benchmarks.common import measure_copy_torch
   cfg = config.get_config(FLAGS.model)
-  interpret = jax.default_backend() == "cpu"
   L = FLAGS.layers or cfg.num_layers
   D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
   H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
@@ -160,7 +159,7 @@ def main(argv):
       for c in FLAGS.configs:
         kw = _config(c, m, k, cols)
         try:
-          one = lambda x, w, kw=kw: dl.linear(x, w, mode=mode, interpret=interpret, **extra, **kw)
+          one = lambda x, w, kw=kw: dl.linear(x, w, mode=mode, **extra, **kw)
           t = _time(_looped(one, reps), (x, ws), FLAGS.repeats) / copies / reps
           want = _reference(x, ws[0], mode, extra, cfg)
           got = jax.jit(one)(x, ws[0]).astype(jnp.float32)

@@ -43,7 +43,7 @@ def main(argv):
   rng = np.random.default_rng(0)
   print(f"device {jax.devices()[0].device_kind}  model {FLAGS.models[0]}  prompt {P}  steps {N}  "
         f"scan {FLAGS.scan_layers}  attn {FLAGS.attn_impl}  linear {FLAGS.linear_impls[0]}")
-  bw = FLAGS.bandwidth_tbs or common.measure_copy_torch() or 3.02       # TB/s for the roofline
+  bw = FLAGS.bandwidth_tbs or common.roofline_bandwidth(jax.default_backend())["roofline_tbs"]
   for b in map(int, FLAGS.batch_sizes):
     prompts = [list(rng.integers(16, cfg.vocab_size, P)) for _ in range(b)]
     rcfg = T.RolloutConfig(max_len=P + N, max_new_tokens=N, prompt_buckets=(P,), chunk_steps=N,

@@ -24,8 +24,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
 
-from benchmarks.common import (StubRetriever, SyntheticTokenizer, measure_bandwidth,  # noqa: E402
-                               measure_copy_torch)
+from benchmarks.common import StubRetriever, SyntheticTokenizer, roofline_bandwidth  # noqa: E402
 
 flags.DEFINE_list("models", ["0.5b", "1.5b"], "presets (model/config.py), e.g. 0.5b,1.5b,tiny")
 flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"], "batch sizes")
@@ -194,15 +193,10 @@ def main(argv):
              ("prompt_len", "new_tokens", "dtype", "attn_impl", "chunk_steps")}, "rows": []}
   bw = FLAGS.bandwidth_tbs
   if FLAGS.measure_bandwidth or not bw:
-    results["measured_copy_tbs"] = measure_bandwidth(
-        32 * 1024 * 1024 if dev.platform == "cpu" else 512 * 1024 * 1024)   # CPU: a quick smoke
-    logging.info("XLA elementwise copy bandwidth %.2f TB/s", results["measured_copy_tbs"])
-    if dev.platform == "gpu":
-      torch_copy = measure_copy_torch()
-      if torch_copy:
-        results["torch_copy_tbs"] = torch_copy
-        logging.info("torch device copy bandwidth %.2f TB/s", torch_copy)
-    bw = bw or results.get("torch_copy_tbs") or results["measured_copy_tbs"]
+    measured = roofline_bandwidth(dev.platform)
+    logging.info("copy bandwidth (TB/s): %s", measured)
+    bw = bw or measured["roofline_tbs"]
+    results.update({k: v for k, v in measured.items() if k != "roofline_tbs"})
   results["roofline_tbs"] = bw
   scans = {"true": [True], "false": [False], "both": [True, False]}[FLAGS.scan_layers]
   spcs = [int(k) for k in FLAGS.steps_per_check]

@@ -50,6 +50,11 @@ def blocks(m: int, k: int, n_cols: int) -> tuple[int, int]:
   return bk, bn
 
 
+def available() -> bool:
+  """Triton kernels on GPUs, Pallas interpret mode on CPU (tests); other backends keep XLA."""
+  return jax.default_backend() in ("gpu", "cpu")
+
+
 def supported(m: int, k: int, n: int, mode: str, head_dim: int = 0) -> bool:
   """Power-of-two rows (<= 256), K a multiple of 64, column blocks that tile N exactly."""
   if m < 1 or m > 256 or m & (m - 1) or k % 64:
@@ -162,7 +167,7 @@ def _kernel(*refs, mode, m, k, bk, bn, unroll, eps, one_row_dot, has_norm, has_b
                                              "block_k", "block_n", "unroll", "one_row_dot"))
 def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, bias=None,
            residual=None, positions=None, head_dim: int = 0, rotary_heads: int = 0,
-           theta: float = 1e6, out_dtype=None, interpret: bool = False, num_warps: int = 4,
+           theta: float = 1e6, out_dtype=None, interpret: bool | None = None, num_warps: int = 4,
            num_stages: int = 2, block_k: int = 0, block_n: int = 0, unroll: int = 0,
            one_row_dot: bool = False):
   """x [M, K] -> [M, N'] for w_t [N, K].
@@ -173,7 +178,8 @@ def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, b
     `positions` [M] after the bias (the fused q/k/v projection: q and k heads rotate, v do not).
   block_k / block_n (0: `blocks`), unroll (K tiles per loop trip; 0: up to 8 for M <= 8, where
   Triton does not pipeline the loop, 1 with tl.dot), one_row_dot (M = 1 through tl.dot on a
-  zero-padded 16-row tile) and num_warps / num_stages are tuning knobs.
+  zero-padded 16-row tile) and num_warps / num_stages are tuning knobs. interpret: None runs
+  Pallas interpret mode on CPU and compiles elsewhere.
   """
   if mode not in MODES:
     raise ValueError(f"mode {mode!r} not in {MODES}")
@@ -205,6 +211,8 @@ def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, b
       _kernel, mode=mode, m=m, k=k, bk=bk, bn=bn, unroll=unroll, eps=eps, one_row_dot=one_row_dot,
       has_norm=norm_scale is not None, has_bias=bias is not None, has_res=residual is not None,
       half=half, n_rot=rotary_heads, out_dtype=jnp.dtype(out_dtype), dot=m >= 16)
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
   kwargs = {}
   if not interpret:
     from jax.experimental.pallas import triton as plgpu

@@ -160,8 +160,7 @@ def _mlp_in(x, lp, c):
 def _fused_decode(cfg, h, lp, cache_kv) -> bool:
   """Whether this one-token step runs model/decode_linear.py's kernels (GPU; CPU interprets)."""
   b, t, D = h.shape
-  if "qkv_t" not in lp or cache_kv is None or t != 1 or jax.default_backend() not in ("gpu",
-                                                                                      "cpu"):
+  if "qkv_t" not in lp or cache_kv is None or t != 1 or not decode_linear.available():
     return False
   H, K, Dh, F = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head, cfg.intermediate_size
   ok = decode_linear.supported
@@ -177,7 +176,7 @@ def _qkv(cfg, h, lp, positions, c, fused):
     y = decode_linear.linear(
         h[:, 0], lp["qkv_t"], mode="rope", norm_scale=lp["input_norm"], eps=cfg.rms_norm_eps,
         bias=lp["qkv_bias"], positions=positions[:, 0], head_dim=Dh, rotary_heads=H + K,
-        theta=cfg.rope_theta, interpret=jax.default_backend() == "cpu")[:, None]
+        theta=cfg.rope_theta)[:, None]
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
   x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
@@ -189,7 +188,7 @@ def _out_mlp(cfg, h, a, lp, c, fused):
   """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP)."""
   b, t = a.shape[:2]
   if fused:
-    lin = functools.partial(decode_linear.linear, interpret=jax.default_backend() == "cpu")
+    lin = decode_linear.linear
     hb = lin(a.reshape(b, -1), lp["o_t"], residual=h[:, 0])
     u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"], eps=cfg.rms_norm_eps)
     return lin(u, lp["down_t"], residual=hb)[:, None]
@@ -295,11 +294,10 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
     new_cache = {"k": kc, "v": vc,
                  "end": cache_end + jnp.sum(segment_ids != 0, axis=1, dtype=jnp.int32)}
   if (not return_hidden and "lm_head_t" in params and cache is not None and t == 1
-      and jax.default_backend() in ("gpu", "cpu")
+      and decode_linear.available()
       and decode_linear.supported(b, cfg.hidden_size, cfg.vocab_size, "plain")):
     logits = decode_linear.linear(h[:, 0], params["lm_head_t"], norm_scale=params["final_norm"],
-                                  eps=cfg.rms_norm_eps, out_dtype=jnp.float32,
-                                  interpret=jax.default_backend() == "cpu")
+                                  eps=cfg.rms_norm_eps, out_dtype=jnp.float32)
     return logits[:, None], new_cache
   h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
   if return_hidden:

@@ -65,7 +65,7 @@ class RLConfig(TrainConfig):
   max_gen_rounds: int = 8
   # After max_gen_rounds, a batch with at least this share of informative groups is completed with
   # all-equal (zero-advantage) groups and trained on; below it the run stops (1.0: always stop).
-  min_informative_frac: float = 1.0    # min informative share to train a short batch; 1.0: stop
+  min_informative_frac: float = 1.0
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -351,13 +351,14 @@ def run(cfg: RLConfig, *, tokenizer=None, retriever=None, examples=None, eval_ex
                   "tokens_per_s/update": batch["inputs"].size / max(t2 - t1, 1e-9),
                   "adv_abs_mean": float(np.abs(batch["advantages"]).mean())})
       if eval_sampler is not None and step % cfg.eval_every == 0:
-        last_eval = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer,
-                                              eval_examples, proto, cfg.chat_template)
-        row.update({f"eval/{k}": v for k, v in last_eval.items() if k != "n" and v is not None})
-        if train_eval:
-          te = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer, train_eval, proto,
+        for prefix, exs in (("eval", eval_examples), ("eval_train", train_eval)):
+          if not exs:
+            continue
+          ev = collect.evaluate_accuracy(eval_sampler, state.params, tokenizer, exs, proto,
                                          cfg.chat_template)
-          row.update({f"eval_train/{k}": v for k, v in te.items() if k != "n" and v is not None})
+          row.update({f"{prefix}/{k}": v for k, v in ev.items() if k != "n" and v is not None})
+          if prefix == "eval":
+            last_eval = ev
       writer.write(step, row)                     # raises on NaN/Inf before any save
       if mgr.save(step, state, {"rl_step": step, **stream.state()}, force=step == cfg.steps):
         saved = step
