@@ -28,11 +28,24 @@ Params = dict[str, Any]
 
 LINEAR_IMPLS = ("xla", "pallas")
 
+# Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
+# saves: the attention output and its softmax statistics are the backward kernel's residuals, so
+# without them the backward pass re-runs the whole attention forward of every layer.
+SAVED_ATTENTION_PRIMITIVES = ("dot_product_attention_fwd_wrapper", "dot_product_attention_fwd")
+
+
+def _dots_and_attention_saveable(prim, *avals, **params) -> bool:
+  return (prim.name in SAVED_ATTENTION_PRIMITIVES
+          or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params))
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # dots_no_batch + the fused attention's forward outputs (~T*D bf16 per layer more memory).
+    "dots_attn": _dots_and_attention_saveable,
 }
 
 

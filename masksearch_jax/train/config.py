@@ -24,6 +24,9 @@ from masksearch_jax.train.optim import OptimConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CURRICULA = ("mix", "steps", "loss")
+# fused: SFT cross-entropy whose gradient is made chunk by chunk in the forward pass (DAPO's
+# token log-probs, which need a backward through a ratio, take the chunked path for it).
+LOSS_IMPLS = ("chunked", "fused", "full")
 _CURRICULUM_ALIASES = {"true": "steps", "false": "mix", "none": "mix", "random": "mix"}
 
 
@@ -39,7 +42,7 @@ class TrainConfig:
   param_dtype: str = "float32"         # master weights and optimizer state
   compute_dtype: str = "bfloat16"      # matmuls
   attn_impl: str = "xla"               # xla | jax | cudnn
-  remat: str = "none"                  # none | full | dots | dots_no_batch
+  remat: str = "none"                  # none | full | dots | dots_no_batch | dots_attn
   scan_layers: bool = True            # lax.scan over layers (fast compiles) or unrolled
   # ---- parallelism and batch
   mesh: str = "data=1,fsdp=-1,tensor=1"  # axis sizes over all devices; one -1 fills the rest
@@ -73,7 +76,7 @@ class TrainConfig:
   curriculum_window: int = 20          # loss mode: steps averaged
   curriculum_max_stage_steps: int = 0  # loss mode: advance anyway after this many steps (0 = never)
   # ---- loss
-  loss_impl: str = "chunked"           # chunked (from hidden states, no full logits) | full
+  loss_impl: str = "chunked"           # chunked (from hidden states, no full logits) | fused | full
   token_chunk: int = 4096             # chunked loss: tokens per chunk
   vocab_chunk: int = 0                 # 0 = the whole vocab per chunk (fastest measured on H100)
   accuracy: bool = True                # next-token accuracy on loss tokens (one extra forward matmul)
@@ -327,8 +330,8 @@ def validate(cfg: TrainConfig, num_devices: int | None = None) -> None:
     errors.append(f"curriculum={cfg.curriculum!r} (one of {CURRICULA}, or true/false)")
   if curriculum != "mix" and not cfg.curriculum_stages:
     errors.append(f"curriculum={cfg.curriculum!r} needs curriculum_stages")
-  if cfg.loss_impl not in ("chunked", "full"):
-    errors.append(f"loss_impl={cfg.loss_impl!r} (chunked | full)")
+  if cfg.loss_impl not in LOSS_IMPLS:
+    errors.append(f"loss_impl={cfg.loss_impl!r} ({' | '.join(LOSS_IMPLS)})")
   if cfg.init_from_hf and cfg.init_from not in ("", "none"):
     errors.append(f"init_from_hf={cfg.init_from_hf!r} and init_from={cfg.init_from!r}: give one")
   if mcfg is not None and cfg.seq_len > mcfg.max_position_embeddings:

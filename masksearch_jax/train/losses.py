@@ -16,13 +16,15 @@ along vocab or expect gathers.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from masksearch_jax.model.matmul import einsum_f32_out
 
 __all__ = ["token_logprobs", "masked_cross_entropy", "chunked_token_logprobs",
-           "chunked_cross_entropy", "map_token_chunks"]
+           "chunked_cross_entropy", "fused_cross_entropy", "map_token_chunks"]
 
 
 def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -121,3 +123,92 @@ def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: ja
                                 vocab_chunk=vocab_chunk)                        # [B, T]
   mask = loss_mask.astype(jnp.float32)
   return -jnp.sum(logp * mask), jnp.sum(mask)
+
+
+def _token_chunks(x: jax.Array, token_chunk: int) -> tuple[jax.Array, int, int]:
+  """[B, T, ...] -> ([C, B, r, ...] zero-padded, r, C): map_token_chunks' layout (rows stay on
+  their data-parallel devices; chunks run along the sequence)."""
+  b, t = x.shape[:2]
+  per_row = max(1, min(token_chunk // b, t))
+  chunks = -(-t // per_row)
+  x = jnp.pad(x, ((0, 0), (0, chunks * per_row - t)) + ((0, 0),) * (x.ndim - 2))
+  return x.reshape(b, chunks, per_row, *x.shape[2:]).swapaxes(0, 1), per_row, chunks
+
+
+def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, with_grads):
+  """Chunk by chunk: (sum w * -log p, sum w * [argmax == target]) and, with_grads, the
+  gradients of the first sum w.r.t. hidden [B, T, D] and unembedding [V, D]."""
+  b, t, d = hidden.shape
+  vocab = unembedding.shape[0]
+  xs, per_row, _ = _token_chunks(hidden, token_chunk)                           # [C, B, r, D]
+  ts, _, _ = _token_chunks(targets.astype(jnp.int32), token_chunk)              # [C, B, r]
+  ws, _, _ = _token_chunks(weights.astype(jnp.float32), token_chunk)            # [C, B, r]
+
+  def body(carry, xtw):
+    loss, correct, dw = carry
+    x, tgt, w = (a.reshape(b * per_row, *a.shape[2:]) for a in xtw)             # [n, D], [n]
+    logits = jnp.einsum("nd,vd->nv", x, unembedding,
+                        preferred_element_type=jnp.float32)                     # [n, V] f32
+    lse = jax.nn.logsumexp(logits, axis=-1)                                     # [n]
+    is_tgt = jnp.arange(vocab)[None, :] == tgt[:, None]                         # [n, V]
+    tgt_logit = jnp.sum(jnp.where(is_tgt, logits, 0.0), axis=-1)
+    loss = loss + jnp.sum(w * (lse - tgt_logit))
+    correct = correct + jnp.sum(w * (jnp.argmax(logits, axis=-1) == tgt))
+    if not with_grads:
+      return (loss, correct, dw), None
+    # d(sum w * -log p)/d logits = w * (softmax - onehot), in the activations' dtype for the
+    # two products (as the unfused backward does).
+    g = (w[:, None] * (jnp.exp(logits - lse[:, None]) - is_tgt)).astype(x.dtype)  # [n, V]
+    dx = jnp.einsum("nv,vd->nd", g, unembedding, preferred_element_type=jnp.float32)
+    dw = dw + jnp.einsum("nv,nd->vd", g, x, preferred_element_type=jnp.float32)  # [V, D] f32
+    return (loss, correct, dw), dx.astype(hidden.dtype).reshape(b, per_row, d)
+
+  zero = jnp.zeros((), jnp.float32)
+  dw0 = jnp.zeros(unembedding.shape if with_grads else (), jnp.float32)
+  (loss, correct, dw), dxs = jax.lax.scan(body, (zero, zero, dw0), (xs, ts, ws))
+  if not with_grads:
+    return loss, correct, None, None
+  dx = dxs.swapaxes(0, 1).reshape(b, -1, d)[:, :t]                              # [B, T, D]
+  return loss, correct, dx, dw.astype(unembedding.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused_ce(hidden, unembedding, targets, weights, token_chunk):
+  loss, correct, _, _ = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, False)
+  return loss, correct
+
+
+def _fused_ce_fwd(hidden, unembedding, targets, weights, token_chunk):
+  loss, correct, dx, dw = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, True)
+  return (loss, correct), (dx, dw)
+
+
+def _fused_ce_bwd(token_chunk, res, cts):
+  del token_chunk
+  dx, dw = res
+  ct = cts[0]                                      # the correct count carries no gradient
+  return ((dx * ct).astype(dx.dtype), (dw * ct).astype(dw.dtype), None, None)
+
+
+_fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd)
+
+
+def fused_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array,
+                        loss_mask: jax.Array, *, token_chunk: int = 4096
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(sum loss, num loss tokens, weighted count of argmax == target) from hidden states.
+
+  Under differentiation the gradient is computed inside the forward pass, one token chunk at a
+  time (softmax - onehot, then its two products), so nothing of size [tokens, vocab] outlives a
+  chunk: the backward pass only scales the saved gradients (hidden-sized and unembedding-sized).
+  Against `chunked_cross_entropy` this saves the f32 logits the backward pass would read again
+  (20 GB for 16 x 2048 tokens of Qwen2.5's vocabulary) and a second unembedding product for the
+  accuracy. hidden [B, T, D], unembedding [V, D], targets / loss_mask [B, T].
+  """
+  d = hidden.shape[-1]
+  if unembedding.ndim != 2 or unembedding.shape[1] != d:
+    raise ValueError(f"fused_cross_entropy: unembedding shape {unembedding.shape} is not "
+                     f"[vocab, d_model={d}]")
+  loss, correct = _fused_ce(hidden, unembedding, targets, loss_mask.astype(jnp.float32),
+                            token_chunk)
+  return loss, jnp.sum(loss_mask.astype(jnp.float32)), jax.lax.stop_gradient(correct)

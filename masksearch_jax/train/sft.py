@@ -120,6 +120,12 @@ def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
       if cfg.accuracy:
         hit = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1) == targets
         aux["accuracy"] = jnp.sum(hit * weights)
+    elif cfg.loss_impl == "fused":
+      unemb = qwen2.unembedding(params, model_cfg).T.astype(h.dtype)          # [V, D]
+      total, count, correct = losses.fused_cross_entropy(h, unemb, targets, weights,
+                                                         token_chunk=cfg.token_chunk)
+      if cfg.accuracy:
+        aux["accuracy"] = correct                  # from the same logits: no extra product
     else:
       unemb = qwen2.unembedding(params, model_cfg).T.astype(h.dtype)          # [V, D]
       vocab_chunk = cfg.vocab_chunk or model_cfg.vocab_size

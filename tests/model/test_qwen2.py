@@ -1,5 +1,9 @@
 """Our Flax Qwen2 against transformers.Qwen2ForCausalLM on the same random weights (float32)."""
+import contextlib
+import io
+
 import jax
+import jax.ad_checkpoint
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -115,9 +119,25 @@ def test_unrolled_and_remat_agree_with_scan():
   np.testing.assert_allclose(_fwd(params, cfg, tokens, scan_layers=False), ref, atol=1e-5)
   loss = lambda p, **kw: jnp.mean(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32, **kw)[0] ** 2)
   g_ref = jax.grad(loss)(params)
-  g_remat = jax.grad(lambda p: loss(p, remat="full"))(params)
-  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  for policy in ("full", "dots_attn"):
+    g_remat = jax.grad(lambda p: loss(p, remat=policy))(params)
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_dots_attn_policy_saves_the_fused_attention_forward():
+  """The backward of cuDNN attention needs its forward outputs; "dots_attn" keeps them (and the
+  weight products) instead of re-running the forward, and still recomputes element-wise ops."""
+  policy = qwen2.REMAT_POLICIES["dots_attn"]
+  named = lambda n: type("Prim", (), {"name": n})()
+  assert policy(named("dot_product_attention_fwd_wrapper"))
+  assert not policy(named("exp")) and not policy(named("dot_product_attention_bwd_wrapper"))
+  x = jnp.ones((4, 8))
+  f = jax.checkpoint(lambda w: jnp.sin(x @ w) @ w, policy=policy)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    jax.ad_checkpoint.print_saved_residuals(f, jnp.ones((8, 8)))
+  assert "f32[4,8]" in out.getvalue() and "dot_general" in out.getvalue()    # x @ w is saved
 
 
 def test_bf16_compute_close_to_f32():

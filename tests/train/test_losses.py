@@ -1,4 +1,4 @@
-"""Masked CE and token log-probs (full and chunked) vs a NumPy reference: values and gradients."""
+"""Masked CE and token log-probs (full, chunked and fused) vs a NumPy reference: values and gradients."""
 import functools
 
 import jax
@@ -101,6 +101,49 @@ def test_chunked_backward_never_materialises_full_logits():
   full_logits = n * v * 4
   # what remains is the f32 [V, D] gradient accumulator (2 MiB) plus a few [64, 1024] tiles
   assert mem.temp_size_in_bytes < full_logits / 4, mem.temp_size_in_bytes
+
+
+@pytest.mark.parametrize("token_chunk", [4, 3, 64])
+def test_fused_matches_numpy_value_grad_and_accuracy(token_chunk):
+  # 4: 10 tokens per row padded to 12; 64: one chunk. The gradient is made in the forward pass.
+  h, w, tgt, mask = _data()
+  _, loss, dh, dw = _np_ce_and_grads(h, w, tgt, mask)
+  argmax_hits = ((h @ w.T).argmax(-1) == tgt) * mask
+
+  @jax.jit
+  def run(h, w):
+    f = lambda a, b: losses.fused_cross_entropy(a, b, tgt, mask, token_chunk=token_chunk)
+    loss2 = lambda a, b: (2.0 * f(a, b)[0], f(a, b))
+    (_, (s, n, c)), grads = jax.value_and_grad(loss2, argnums=(0, 1), has_aux=True)(h, w)
+    return s, n, c, grads, f(h, w)[0]                      # plain (undifferentiated) call too
+
+  s, n, c, (gh, gw), s_plain = run(h, w)
+  np.testing.assert_allclose(s, loss, rtol=1e-5)
+  np.testing.assert_allclose(s_plain, loss, rtol=1e-5)
+  assert float(n) == mask.sum() and float(c) == argmax_hits.sum()
+  np.testing.assert_allclose(gh, 2.0 * dh, rtol=1e-4, atol=1e-5)     # the cotangent scales it
+  np.testing.assert_allclose(gw, 2.0 * dw, rtol=1e-4, atol=1e-5)
+  assert np.all(np.asarray(gh)[mask == 0] == 0.0)
+  with pytest.raises(ValueError, match="vocab, d_model=8"):
+    losses.fused_cross_entropy(h, w.T, tgt, mask)
+
+
+def test_fused_bf16_close_to_f32_and_saves_no_logits():
+  h, w, tgt, mask = _data(seed=1)
+  _, loss, dh, _ = _np_ce_and_grads(h, w, tgt, mask)
+  f = lambda a, b: losses.fused_cross_entropy(a, b, tgt, mask, token_chunk=4)[0]
+  s, (gh, gw) = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(
+      jnp.asarray(h, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16))
+  assert s.dtype == jnp.float32 and gh.dtype == gw.dtype == jnp.bfloat16
+  np.testing.assert_allclose(s, loss, rtol=2e-2)
+  np.testing.assert_allclose(np.asarray(gh, np.float32), dh, atol=3e-2)
+  n, v, d = 256, 16384, 32
+  big = lambda a, b: losses.fused_cross_entropy(a, b, jnp.zeros((1, n), jnp.int32),
+                                                jnp.ones((1, n)), token_chunk=64)[0]
+  mem = jax.jit(jax.grad(big, argnums=(0, 1))).lower(
+      jnp.zeros((1, n, d)), jnp.zeros((v, d))).compile().memory_analysis()
+  if mem is not None:               # one [64, V] chunk's logits at a time, not [n, V]
+    assert mem.temp_size_in_bytes < n * v * 4 / 2, mem.temp_size_in_bytes
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")

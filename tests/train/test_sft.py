@@ -38,6 +38,7 @@ def test_loss_matches_hand_computed_cross_entropy():
   from masksearch_jax.model import qwen2
   chunked = config_lib.TrainConfig(compute_dtype="float32", loss_impl="chunked", token_chunk=5)
   full = chunked.replace(loss_impl="full")
+  fused = chunked.replace(loss_impl="fused")
   mcfg = config_lib.model_config(chunked).replace(vocab_size=40)
   mb = {"tokens": jnp.array([[3, 4, 5, 6, 7, 8, 9, 1]]), "segment_ids": jnp.array([[1] * 4 + [2] * 3 + [0]]),
         "positions": jnp.array([[0, 1, 2, 3, 0, 1, 2, 0]]), "loss_mask": jnp.array([[0, 1, 1, 1, 0, 1, 1, 0]])}
@@ -47,9 +48,11 @@ def test_loss_matches_hand_computed_cross_entropy():
     params = qwen2.init_params(mcfg, key)
     logits, _ = qwen2.apply(params, mcfg, mb["tokens"], mb["positions"], mb["segment_ids"],
                             compute_dtype=jnp.float32)
+    grads = [jax.grad(lambda p: sft.make_loss_fn(mcfg, c)(p, mb)[0])(params) for c in (full, fused)]
     return (sft.make_loss_fn(mcfg, chunked)(params, mb), sft.make_loss_fn(mcfg, full)(params, mb),
-            jax.nn.log_softmax(logits[0]))
-  (total, count, aux), (total_f, _, aux_f), logp = run(jax.random.key(0, impl="rbg"))
+            sft.make_loss_fn(mcfg, fused)(params, mb), jax.nn.log_softmax(logits[0]), grads)
+  (total, count, aux), (total_f, _, aux_f), (total_u, _, aux_u), logp, (g_full, g_fused) = run(
+      jax.random.key(0, impl="rbg"))
   logp = np.asarray(logp)
   pairs = [(0, 4), (1, 5), (2, 6), (4, 8), (5, 9)]       # (position, target) with weight 1
   want = -sum(logp[t, y] for t, y in pairs)
@@ -57,7 +60,10 @@ def test_loss_matches_hand_computed_cross_entropy():
   assert float(count) == 5
   np.testing.assert_allclose(float(total), want, rtol=1e-5)
   np.testing.assert_allclose(float(total_f), want, rtol=1e-5)
-  assert float(aux["accuracy"]) == correct == float(aux_f["accuracy"])
+  np.testing.assert_allclose(float(total_u), want, rtol=1e-5)
+  assert float(aux["accuracy"]) == correct == float(aux_f["accuracy"]) == float(aux_u["accuracy"])
+  for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_fused)):   # fused: in-forward grads
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
 def test_one_example_per_row_uses_the_causal_path_with_the_same_loss(monkeypatch):
