@@ -1,8 +1,9 @@
 """The results file of one `rl_world.py` run, shared with `rl_world_grid.py` (no flags here).
 
-A run writes WORKDIR/results.json twice: after the SFT evaluations (stage "sft_evaluated") and at
-the end (stage "complete"), so a run killed during DAPO still reports (a), (b) and, from the
-trainer's metrics.jsonl, its curve so far.
+A run writes WORKDIR/results.json after the SFT evaluations (stage "sft_evaluated"), after each
+evaluation that follows DAPO (stage "final_evals") and at the end (stage "complete"), so a run
+killed during DAPO still reports (a), (b) and, from the trainer's metrics.jsonl, its curve so
+far, and one killed in its last evaluations keeps (c).
 """
 from __future__ import annotations
 

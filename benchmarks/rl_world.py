@@ -44,6 +44,9 @@ _MIN_INF = flags.DEFINE_float("min_informative_frac", 1.0, "After the generation
                               "a batch with at least this share of informative groups (the rest "
                               "zero-advantage) instead of stopping the run (1.0: stop).")
 _EVAL_N = flags.DEFINE_integer("eval_n", 64, "Held-out questions evaluated (test split size: 198).")
+_HOP_EVAL_N = flags.DEFINE_integer("hop_eval_n", 0, "Questions of each hop type in the per-hop "
+                                   "evals (0: all of the test split's; the x16 world has ~1,600 "
+                                   "of each, 8x the main eval's cost at --eval_n=400).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "DAPO steps between held-out evals (curve).")
 _SEQ = flags.DEFINE_integer("seq_len", 1024, "Rollout buffer / training length.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 640, "Cap on tokens after the prompt.")
@@ -206,7 +209,8 @@ def main(argv: Sequence[str]) -> None:
   mesh, param_sh, _ = trainer.build_mesh_and_shardings(cfg, mcfg, jax.devices())
   sft_params = trainer.load_params(str(shared / "sft"), mcfg, param_sh)
   test = prompts.load_examples([wdir / "questions_test.jsonl"], limit=_EVAL_N.value)
-  by_type = {k: prompts.load_examples([wdir / f"questions_test_{k}.jsonl"])
+  by_type = {k: prompts.load_examples([wdir / f"questions_test_{k}.jsonl"],
+                                      limit=_HOP_EVAL_N.value or None)
              for k in ("1hop", "2hop")}
   search = rl.open_retriever(cfg.retriever)
   results = {"n_eval": len(test), "model": mcfg.name, "num_params": mcfg.num_params(),
@@ -229,11 +233,13 @@ def main(argv: Sequence[str]) -> None:
   out = rl.run(cfg)
   results["rl_seconds"] = time.perf_counter() - t
   results["c_sft_dapo_search"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, test, search)
+  rl_results.save(work, results, "final_evals")       # killed from here on, (c) is kept
   results["c_sft_dapo_no_search"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, test,
                                              NoResults())
   for k, exs in by_type.items():
     results[f"c_sft_dapo_search_{k}"] = evaluate(cfg, out["state"].params, mcfg, tok, mesh, exs,
                                                  search)
+    rl_results.save(work, results, "final_evals")
   if _DIAG.value:
     diagnostics(results, "c", cfg, out["state"].params, mcfg, tok, mesh, test, wdir, search)
   curve = results["rl_curve"] = rl_results.rl_curve(work / "rl" / "metrics.jsonl")

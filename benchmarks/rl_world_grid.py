@@ -162,7 +162,9 @@ def table(results: dict[str, dict | None]) -> str:
       cells.append(" → ".join(_split(r.get(k)) for k in ("b_sft_search", "c_sft_dapo_search")))
     curve = r.get("rl_curve") or []
     rw = (f"{curve[0]['reward/total']:.3f} → {curve[-1]['reward/total']:.3f}" if curve else "–")
-    if r.get("stage", "complete") != "complete":
+    if r.get("stage") == "final_evals":
+      rw += "; stopped during the evaluations after DAPO"
+    elif r.get("stage", "complete") != "complete":
       evals = [c for c in curve if "eval/accuracy" in c]
       rw += (f"; stopped in DAPO after step {curve[-1]['step']}" if curve else
              "; stopped before DAPO's first step")

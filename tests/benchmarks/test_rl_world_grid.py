@@ -89,6 +89,9 @@ def test_a_run_stopped_in_dapo_keeps_its_sft_figures_and_curve(tmp_path):
   assert ("| W0 | 0.0% | 3.0% | 0.500 → 0.600; stopped in DAPO after step 2 "
           "(held-out 3.5% at step 2) |") in md, md
   assert "| W1 | – | – | did not finish |" in md
+  rl_results.save(work, dict(r, c_sft_dapo_search={"accuracy": 0.05}), "final_evals")
+  md = grid.table({"W0": rl_results.load(work)})       # killed after (c): (c) kept, said so
+  assert "| W0 | 0.0% | 3.0% | 5.0% | 0.500 → 0.600; stopped during the evaluations after DAPO |" in md
   rl_results.save(work, dict(r, c_sft_dapo_search={"accuracy": 0.05}), "complete")
   assert "stopped" not in grid.table({"W0": rl_results.load(work)})
 
