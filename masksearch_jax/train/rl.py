@@ -46,6 +46,9 @@ class RLConfig(TrainConfig):
   `data` = prompt files (QA / RAMP JSONL), `seq_len` = rollout buffer = training length,
   `batch_size` = responses per RL step, `curriculum` = mix | steps/loss (staged by mask_num)."""
   workdir: str = "runs/rl"
+  # DAPO's token log-probs need a backward through the clipped ratio, which the fused SFT loss
+  # does not give: "fused" here means the chunked log-probs (the default).
+  loss_impl: str = "chunked"
   batch_size: int = 32
   log_every: int = 1
   save_every: int = 50

@@ -147,16 +147,19 @@ def test_fused_bf16_close_to_f32_and_saves_no_logits():
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
-def test_chunked_loss_keeps_rows_on_their_devices():
-  """With rows sharded over 8 devices, the chunked loss (value and gradients) needs no all-gather:
-  each device scans its own rows' chunks. (Chunking the flattened tokens gathered every row onto
-  every device: the whole batch's logits on each.)"""
+@pytest.mark.parametrize("impl", ["chunked", "fused"])
+def test_chunked_loss_keeps_rows_on_their_devices(impl):
+  """With rows sharded over 8 devices, the chunked and fused losses (value and gradients) need no
+  all-gather: each device scans its own rows' chunks. (Chunking the flattened tokens gathered
+  every row onto every device: the whole batch's logits on each.)"""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   mesh = Mesh(np.asarray(jax.devices()[:8]), ("data",))
   rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   h, w = jnp.zeros((8, 64, 16)), jnp.zeros((96, 16))
   t, m = jnp.zeros((8, 64), jnp.int32), jnp.ones((8, 64))
   f = lambda a, b: losses.chunked_cross_entropy(a, b, t, m, token_chunk=128, vocab_chunk=96)[0]
+  if impl == "fused":
+    f = lambda a, b: losses.fused_cross_entropy(a, b, t, m, token_chunk=128)[0]
   hlo = jax.jit(jax.grad(f, argnums=(0, 1)), in_shardings=(rows, rep)).lower(
       jax.device_put(h, rows), jax.device_put(w, rep)).compile().as_text()
   assert "all-gather" not in hlo
