@@ -219,10 +219,57 @@ class StubRetriever:
     return [[Hit(str(j), f"title {j}", text, 1.0) for j in range(k)] for _ in queries]
 
 
-def print_kernels(per_class, per_kernel, top: int, scale: float = 1.0, unit: str = "ms") -> None:
-  """The kernel_times breakdown: classes with their share, then the `top` kernels; times x scale."""
+_HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=[^\n]*?metadata=\{([^}\n]*)\}", re.M)
+
+
+def _kernel_key(name: str) -> str:
+  """XLA:GPU names a fusion's kernel after its HLO instruction with '.' and '-' made '_'."""
+  return re.sub(r"[.\-]", "_", name)
+
+
+def _hlo_table(hlo_text: str, title: str) -> dict[int, str]:
+  """One of the module's location tables ("FileNames", "StackFrames", ...): {id: rest of line}."""
+  m = re.search(rf"^{title}\n((?:\d+ [^\n]*\n)*)", hlo_text, re.M)
+  return {int(i): rest for i, rest in re.findall(r"^(\d+) ([^\n]*)$", m.group(1), re.M)} if m else {}
+
+
+def hlo_sources(hlo_text: str) -> dict[str, str]:
+  """{kernel name: "file.py:line op"} for every HLO instruction with source metadata, from a
+  compiled executable's `as_text()`: tells which model line a profiled fusion came from (a
+  fusion carries its root's metadata). Reads both metadata styles: `source_file`/`source_line`
+  and the newer `stack_frame_id` into the module's FileNames / FileLocations / StackFrames
+  tables (the frame's own location: the innermost user-code line). Library kernels (cuBLAS,
+  cuDNN) have vendor names and do not map."""
+  files = {i: r.strip('"') for i, r in _hlo_table(hlo_text, "FileNames").items()}
+  locs = {i: (int(re.search(r"file_name_id=(\d+)", r).group(1)),
+              int(re.search(r"\bline=(\d+)", r).group(1)))
+          for i, r in _hlo_table(hlo_text, "FileLocations").items()}
+  frames = {i: int(re.search(r"file_location_id=(\d+)", r).group(1))
+            for i, r in _hlo_table(hlo_text, "StackFrames").items()}
+  out = {}
+  for name, meta in _HLO_INSTR.findall(hlo_text):
+    f = re.search(r'source_file="([^"]*)"', meta)
+    line = re.search(r"source_line=(\d+)", meta)
+    frame = re.search(r"stack_frame_id=(\d+)", meta)
+    where = None
+    if f and line:
+      where = f"{os.path.basename(f.group(1))}:{line.group(1)}"
+    elif frame and frames.get(int(frame.group(1))) in locs:
+      file_id, lineno = locs[frames[int(frame.group(1))]]
+      where = f"{os.path.basename(files.get(file_id, '?'))}:{lineno}"
+    if where:
+      op = re.search(r'op_name="([^"]*)"', meta)
+      out[_kernel_key(name)] = where + (f" {op.group(1).rsplit('/', 1)[-1]}" if op else "")
+  return out
+
+
+def print_kernels(per_class, per_kernel, top: int, scale: float = 1.0, unit: str = "ms",
+                  sources: dict[str, str] | None = None) -> None:
+  """The kernel_times breakdown: classes with their share, then the `top` kernels; times x scale.
+  `sources` (hlo_sources) adds the model line each XLA fusion comes from."""
   total = max(sum(per_class.values()), 1e-9)
   for k, v in per_class.most_common():
     print(f"  {k:10s} {v * scale:8.1f} {unit}  {100 * v / total:5.1f}%")
   for k, v in per_kernel.most_common(top):
-    print(f"  {v * scale:8.2f} {unit}  {k[:110]}")
+    where = (sources or {}).get(_kernel_key(k), "")
+    print(f"  {v * scale:8.2f} {unit}  {k[:80]}" + (f"  <- {where}" if where else ""))

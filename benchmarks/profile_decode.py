@@ -69,12 +69,15 @@ def main(argv):
       fresh()
     per_kernel, per_class, launches = common.kernel_times(
         lambda: s.engine.decode(params, states.pop()), 2)
+    fresh()                                  # lowering only: the donated state is not consumed
+    sources = common.hlo_sources(s.engine.decode.lower(params, states.pop()).compile().as_text())
     kern = sum(per_class.values()) / N
     roof = b / roofline(cfg, b, P + N // 2, 2, bw) * 1e3                   # ms per step
     print(f"\nbatch {b}: {wall:.3f} ms/step wall ({b / wall * 1e3:,.0f} tok/s), kernels "
           f"{kern:.3f} ms/step, {launches / N:.0f} launches/step, roofline {roof:.3f} ms/step "
           f"({100 * roof / wall:.0f}% of wall)")
-    common.print_kernels(per_class, per_kernel, _TOP.value, scale=1e3 / N, unit="us/step")
+    common.print_kernels(per_class, per_kernel, _TOP.value, scale=1e3 / N, unit="us/step",
+                         sources=sources)
 
 
 if __name__ == "__main__":

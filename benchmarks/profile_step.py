@@ -37,10 +37,11 @@ def main(argv):
       forward.loss_fn, cfg=cfg, attn=attn, remat=remat, loss_kind=loss_kind, scan=scan)))
   t = common.median(common.time_fn(lambda: step(params, tokens), warmup=2, iters=5))
   per_kernel, per_class, _ = common.kernel_times(lambda: step(params, tokens), _STEPS.value)
+  sources = common.hlo_sources(step.lower(params, tokens).compile().as_text())
   total = sum(per_class.values())
   flops = common.train_flops_per_step(cfg, batch, forward._SEQ.value)
   print(f"step {t * 1e3:.1f} ms wall, {total:.1f} ms kernel time, MFU {100 * flops / t / 989e12:.1f}%")
-  common.print_kernels(per_class, per_kernel, _TOP.value)
+  common.print_kernels(per_class, per_kernel, _TOP.value, sources=sources)
 
 
 if __name__ == "__main__":
