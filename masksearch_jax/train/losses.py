@@ -13,6 +13,11 @@ Cost: 4 matmuls of the unembedding's size (forward, recompute, two backward) aga
 materialised logits. The unembedding is [vocab, d_model] (the
 HF `lm_head.weight` / tied `embed_tokens.weight` layout); slice it by vocab, so keep it replicated
 along vocab or expect gathers.
+
+The fused variant (`fused_cross_entropy`, SFT's default) goes one step further for a plain
+cross-entropy: its gradient w.r.t. the logits is known in the forward pass (softmax - onehot), so
+each chunk's two gradient products run there and the backward pass only scales them: 3 products
+of the unembedding's size, nothing [tokens, vocab]-sized saved, accuracy from the same logits.
 """
 from __future__ import annotations
 
@@ -78,6 +83,16 @@ def _chunk_logprobs(x: jax.Array, tgt: jax.Array, unembedding: jax.Array,
   return tgt_logit - (run_max + jnp.log(run_sum))
 
 
+def _token_chunks(x: jax.Array, token_chunk: int) -> tuple[jax.Array, int, int]:
+  """[B, T, ...] -> ([C, B, r, ...] zero-padded, r, C): map_token_chunks' layout (rows stay on
+  their data-parallel devices; chunks run along the sequence)."""
+  b, t = x.shape[:2]
+  per_row = max(1, min(token_chunk // b, t))
+  chunks = -(-t // per_row)
+  x = jnp.pad(x, ((0, 0), (0, chunks * per_row - t)) + ((0, 0),) * (x.ndim - 2))
+  return x.reshape(b, chunks, per_row, *x.shape[2:]).swapaxes(0, 1), per_row, chunks
+
+
 def map_token_chunks(fn, hidden: jax.Array, targets: jax.Array, token_chunk: int) -> jax.Array:
   """fn(x [n, D], tgt [n]) -> [n] applied over chunks of ~token_chunk tokens; returns [B, T].
 
@@ -88,13 +103,8 @@ def map_token_chunks(fn, hidden: jax.Array, targets: jax.Array, token_chunk: int
   for the 1.5B shape.)
   """
   b, t, d = hidden.shape
-  per_row = max(1, min(token_chunk // b, t))                     # tokens of each row per chunk
-  chunks = -(-t // per_row)
-  pad = chunks * per_row - t
-  x = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))                                # [B, T', D]
-  tgt = jnp.pad(targets.astype(jnp.int32), ((0, 0), (0, pad)))                   # [B, T']
-  xs = x.reshape(b, chunks, per_row, d).swapaxes(0, 1)                            # [C, B, r, D]
-  ts = tgt.reshape(b, chunks, per_row).swapaxes(0, 1)                             # [C, B, r]
+  xs, per_row, chunks = _token_chunks(hidden, token_chunk)                       # [C, B, r, D]
+  ts, _, _ = _token_chunks(targets.astype(jnp.int32), token_chunk)               # [C, B, r]
   one = lambda xt: fn(xt[0].reshape(b * per_row, d), xt[1].reshape(-1)).reshape(b, per_row)
   out = jax.lax.map(one, (xs, ts))                                                # [C, B, r]
   return out.swapaxes(0, 1).reshape(b, chunks * per_row)[:, :t]
@@ -123,16 +133,6 @@ def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: ja
                                 vocab_chunk=vocab_chunk)                        # [B, T]
   mask = loss_mask.astype(jnp.float32)
   return -jnp.sum(logp * mask), jnp.sum(mask)
-
-
-def _token_chunks(x: jax.Array, token_chunk: int) -> tuple[jax.Array, int, int]:
-  """[B, T, ...] -> ([C, B, r, ...] zero-padded, r, C): map_token_chunks' layout (rows stay on
-  their data-parallel devices; chunks run along the sequence)."""
-  b, t = x.shape[:2]
-  per_row = max(1, min(token_chunk // b, t))
-  chunks = -(-t // per_row)
-  x = jnp.pad(x, ((0, 0), (0, chunks * per_row - t)) + ((0, 0),) * (x.ndim - 2))
-  return x.reshape(b, chunks, per_row, *x.shape[2:]).swapaxes(0, 1), per_row, chunks
 
 
 def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, with_grads):
