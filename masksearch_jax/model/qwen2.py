@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
@@ -39,6 +40,17 @@ def _dots_and_attention_saveable(prim, *avals, **params) -> bool:
           or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params))
 
 
+# Activations tagged with jax.ad_checkpoint.checkpoint_name in the layer: the two RMSNorm outputs
+# ("norm", [B, T, D] each) and the SwiGLU product ("mlp_act", [B, T, F]), which the policies above
+# recompute in the backward pass (element-wise passes over the activations).
+_NAMED = jax.checkpoint_policies.save_only_these_names("norm", "mlp_act")
+
+
+def _dots_attention_and_acts_saveable(prim, *avals, **params) -> bool:
+  return (_dots_and_attention_saveable(prim, *avals, **params)
+          or _NAMED(prim, *avals, **params))
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -46,6 +58,9 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     # dots_no_batch + the fused attention's forward outputs (~T*D bf16 per layer more memory).
     "dots_attn": _dots_and_attention_saveable,
+    # dots_attn + the norm outputs and the SwiGLU product (~(2D + F) * T bf16 per layer more):
+    # the backward pass then recomputes almost nothing. Not yet measured on a GPU.
+    "dots_attn_acts": _dots_attention_and_acts_saveable,
 }
 
 
@@ -167,7 +182,7 @@ def _mlp_in(x, lp, c):
   else:
     g = rows_einsum("btd,df->btf", x, c(lp["gate"]))
     u = rows_einsum("btd,df->btf", x, c(lp["up"]))
-  return jax.nn.silu(g) * u
+  return checkpoint_name(jax.nn.silu(g) * u, "mlp_act")
 
 
 def _fused_decode(cfg, h, lp, cache_kv) -> bool:
@@ -192,7 +207,7 @@ def _qkv(cfg, h, lp, positions, c, fused):
         theta=cfg.rope_theta)[:, None]
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
-  x = rms_norm(h, lp["input_norm"], cfg.rms_norm_eps)
+  x = checkpoint_name(rms_norm(h, lp["input_norm"], cfg.rms_norm_eps), "norm")
   q, k, v = _projections(cfg, x, lp, c)
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
@@ -209,7 +224,7 @@ def _out_mlp(cfg, h, a, lp, c, fused):
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  x = rms_norm(h, lp["post_norm"], cfg.rms_norm_eps)
+  x = checkpoint_name(rms_norm(h, lp["post_norm"], cfg.rms_norm_eps), "norm")
   return h + _dense(_mlp_in(x, lp, c), lp, "down", c)
 
 

@@ -119,7 +119,7 @@ def test_unrolled_and_remat_agree_with_scan():
   np.testing.assert_allclose(_fwd(params, cfg, tokens, scan_layers=False), ref, atol=1e-5)
   loss = lambda p, **kw: jnp.mean(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32, **kw)[0] ** 2)
   g_ref = jax.grad(loss)(params)
-  for policy in ("full", "dots_attn"):
+  for policy in ("full", "dots_attn", "dots_attn_acts"):
     g_remat = jax.grad(lambda p: loss(p, remat=policy))(params)
     for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -138,6 +138,23 @@ def test_dots_attn_policy_saves_the_fused_attention_forward():
   with contextlib.redirect_stdout(out):
     jax.ad_checkpoint.print_saved_residuals(f, jnp.ones((8, 8)))
   assert "f32[4,8]" in out.getvalue() and "dot_general" in out.getvalue()    # x @ w is saved
+
+
+def test_dots_attn_acts_saves_the_norm_and_swiglu_outputs():
+  cfg = CONFIGS["tied_gqa"]
+  params = qwen2.init_params(cfg, jax.random.PRNGKey(1), jnp.float32, std=0.1)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 9)))
+
+  def saved(policy):
+    f = lambda p: jnp.sum(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32,
+                                      remat=policy, scan_layers=False)[0])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      jax.ad_checkpoint.print_saved_residuals(f, params)
+    return out.getvalue()
+  acts, attn = saved("dots_attn_acts"), saved("dots_attn")
+  assert "named 'norm'" in acts and "named 'mlp_act'" in acts, acts
+  assert "named 'norm'" not in attn
 
 
 def test_bf16_compute_close_to_f32():
