@@ -36,8 +36,9 @@ flags.DEFINE_string("attn_impl", "xla", "attention implementation (model/attenti
 flags.DEFINE_enum("pad_single_row", "auto", ["auto", "true", "false", "both"],
                   "batch 1 as two rows (Sampler(pad_single_row)); auto: the sampler's default; "
                   "both: one column each (batch 1 only)")
-flags.DEFINE_list("linear_impls", ["xla"], "one-token projections (qwen2.LINEAR_IMPLS): xla, "
-                  "pallas (model/decode_linear.py; unrolled layers only); several: one column each")
+flags.DEFINE_list("linear_impls", ["xla"], "decode projections (qwen2.LINEAR_IMPLS): xla, "
+                  "xla_folded (norm gains in the weights), pallas (model/decode_linear.py); the "
+                  "last two unrolled only; several: one column each")
 flags.DEFINE_integer("repeats", 2, "timed repeats after one warm-up (best is reported)")
 flags.DEFINE_bool("hf", True, "also time transformers generate (torch, same dtype, CUDA only)")
 flags.DEFINE_list("hf_batch_sizes", [], "batch sizes for transformers (default: all)")

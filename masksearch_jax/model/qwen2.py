@@ -27,7 +27,11 @@ from masksearch_jax.model.config import Qwen2Config
 
 Params = dict[str, Any]
 
-LINEAR_IMPLS = ("xla", "pallas")
+# How the sampler's unrolled decode layout runs the projections: "xla" (XLA products), "xla_folded"
+# (XLA products with each RMSNorm's gain folded into the weights that follow it, so the norm is a
+# per-row scale applied after the product: no normalised copy of the activations is written),
+# "pallas" (model/decode_linear.py's fused one-token kernels).
+LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -92,6 +96,13 @@ def rms_norm(x, scale, eps):
   return scale.astype(x.dtype) * xf.astype(x.dtype)
 
 
+def rms_scale(x, eps):
+  """1 / RMS(x) per position, f32 [..., 1]: rms_norm(x, g) == g * x * rms_scale(x) (up to rounding),
+  so with g folded into the next weight the scale can be applied after the product."""
+  xf = x.astype(jnp.float32)
+  return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
 def rope(x, positions, theta):
   """Rotate-half RoPE (HF layout). x [B, T, N, Dh], positions [B, T]."""
   dh = x.shape[-1]
@@ -126,6 +137,10 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   gate/up into one [D, 2F] matmul (fewer, larger kernels per step). `apply(scan_layers=False)`
   accepts this form; the result is numerically the same model.
 
+  linear_impl="xla_folded": the input / post-attention norm gains multiply the rows of qkv /
+  gate_up (in f32, before the cast) and leave the layer dicts; `_qkv` / `_out_mlp` then scale
+  each product's output by rms_scale(h) instead of normalising h first.
+
   linear_impl="pallas": the same fused matrices stored transposed ([out, in]: `qkv_t`, `o_t`,
   `gate_up_t`, `down_t`, and `lm_head_t`, which is the embedding itself when tied), the layout of
   model/decode_linear.py, whose one-token kernels then also fold in the norms, biases, RoPE,
@@ -137,12 +152,19 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   D = cfg.hidden_size
   out = {k: c(v) for k, v in params.items() if k != "layers"}
   layers = []
+  fold = linear_impl == "xla_folded"
   for i in range(cfg.num_layers):
-    lp = {k: c(v[i]) for k, v in params["layers"].items()}
-    lp["qkv"] = jnp.concatenate([lp.pop(k).reshape(D, -1) for k in ("q", "k", "v")], axis=1)
+    raw = {k: v[i] for k, v in params["layers"].items()}
+    qkv = jnp.concatenate([raw.pop(k).reshape(D, -1) for k in ("q", "k", "v")], axis=1)
+    gate_up = jnp.concatenate([raw.pop("gate"), raw.pop("up")], axis=1)
+    if fold:                                   # [D, out] rows scaled by the norm gain [D]
+      f32 = lambda x: x.astype(jnp.float32)
+      qkv = f32(qkv) * f32(raw.pop("input_norm"))[:, None]
+      gate_up = f32(gate_up) * f32(raw.pop("post_norm"))[:, None]
+    lp = {k: c(v) for k, v in raw.items()}
+    lp["qkv"], lp["gate_up"] = c(qkv), c(gate_up)
     lp["qkv_bias"] = jnp.concatenate([lp.pop(k).reshape(-1) for k in ("q_bias", "k_bias",
                                                                       "v_bias")])
-    lp["gate_up"] = jnp.concatenate([lp.pop("gate"), lp.pop("up")], axis=1)
     if linear_impl == "pallas":
       lp["qkv_t"], lp["gate_up_t"] = lp.pop("qkv").T, lp.pop("gate_up").T
       lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
@@ -161,12 +183,16 @@ def _dense(x, lp, name, c):
   return rows_einsum("bti,io->bto", x, w.reshape(-1, w.shape[-1]))
 
 
-def _projections(cfg, x, lp, c):
-  """q [B, T, H, Dh], k/v [B, T, K, Dh] from either param layout."""
+def _projections(cfg, x, lp, c, row_scale=None):
+  """q [B, T, H, Dh], k/v [B, T, K, Dh] from either param layout. row_scale [B, T, 1]: the
+  folded norm's per-row scale (decode_layout "xla_folded"), applied to the product."""
   b, t, _ = x.shape
   if "qkv" in lp or "qkv_t" in lp:                      # decode_layout: one fused matmul
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
-    y = _dense(x, lp, "qkv", c) + c(lp["qkv_bias"])
+    y = _dense(x, lp, "qkv", c)
+    if row_scale is not None:
+      y = (y * row_scale).astype(y.dtype)
+    y = y + c(lp["qkv_bias"])
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return (q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh))
   q = rows_einsum("btd,dhk->bthk", x, c(lp["q"])) + c(lp["q_bias"])
@@ -175,10 +201,13 @@ def _projections(cfg, x, lp, c):
   return q, k, v
 
 
-def _mlp_in(x, lp, c):
-  """silu(gate) * up [B, T, F] from either param layout."""
+def _mlp_in(x, lp, c, row_scale=None):
+  """silu(gate) * up [B, T, F] from either param layout (row_scale: as in _projections)."""
   if "gate_up" in lp or "gate_up_t" in lp:
-    g, u = jnp.split(_dense(x, lp, "gate_up", c), 2, axis=-1)
+    y = _dense(x, lp, "gate_up", c)
+    if row_scale is not None:
+      y = (y * row_scale).astype(y.dtype)
+    g, u = jnp.split(y, 2, axis=-1)
   else:
     g = rows_einsum("btd,df->btf", x, c(lp["gate"]))
     u = rows_einsum("btd,df->btf", x, c(lp["up"]))
@@ -207,6 +236,9 @@ def _qkv(cfg, h, lp, positions, c, fused):
         theta=cfg.rope_theta)[:, None]
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
+  if "input_norm" not in lp:                            # decode_layout "xla_folded"
+    q, k, v = _projections(cfg, h, lp, c, row_scale=rms_scale(h, cfg.rms_norm_eps))
+    return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
   x = checkpoint_name(rms_norm(h, lp["input_norm"], cfg.rms_norm_eps), "norm")
   q, k, v = _projections(cfg, x, lp, c)
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
@@ -224,6 +256,8 @@ def _out_mlp(cfg, h, a, lp, c, fused):
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
+  if "post_norm" not in lp:                             # decode_layout "xla_folded"
+    return h + _dense(_mlp_in(h, lp, c, rms_scale(h, cfg.rms_norm_eps)), lp, "down", c)
   x = checkpoint_name(rms_norm(h, lp["post_norm"], cfg.rms_norm_eps), "norm")
   return h + _dense(_mlp_in(x, lp, c), lp, "down", c)
 

@@ -83,8 +83,9 @@ class Engine:
     self.attn_impl = attn_impl
     if linear_impl not in qwen2.LINEAR_IMPLS:
       raise ValueError(f"linear_impl {linear_impl!r} not in {qwen2.LINEAR_IMPLS}")
-    if linear_impl == "pallas" and scan_layers:
-      raise ValueError("linear_impl='pallas' needs scan_layers=False (the unrolled decode layout)")
+    if linear_impl != "xla" and scan_layers:
+      raise ValueError(f"linear_impl={linear_impl!r} needs scan_layers=False (the unrolled decode "
+                       "layout)")
     if linear_impl == "pallas" and mesh is not None and mesh.size > 1:
       raise ValueError("linear_impl='pallas' runs on one device (its kernels are not partitioned);"
                        f" got a mesh of {mesh.size} devices — use linear_impl='xla'")

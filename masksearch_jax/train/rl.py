@@ -81,7 +81,8 @@ class RLConfig(TrainConfig):
   sampler_dtype: str = "bfloat16"      # rollout compute + KV cache
   sampler_scan_layers: bool = False    # unrolled decode (per-layer buffers) is ~2x faster on GPU
   sampler_attn_impl: str = ""          # rollout attention ("" = attn_impl); "pallas": one-kernel decode
-  sampler_linear_impl: str = "xla"     # "pallas": fused one-token projections (one device, unrolled)
+  sampler_linear_impl: str = "xla"     # xla_folded: norm gains in the weights; pallas: fused
+                                       # one-token kernels (one device); both: unrolled only
   # update
   mini_batches: int = 1                # optimizer updates per RL step
   adv_eps: float = 1e-6
@@ -139,8 +140,9 @@ def validate(cfg: RLConfig, num_devices: int) -> None:
                   f"{attention.IMPLEMENTATIONS}, or empty for attn_impl)")
   if cfg.sampler_linear_impl not in qwen2.LINEAR_IMPLS:
     errors.append(f"sampler_linear_impl={cfg.sampler_linear_impl!r} (one of {qwen2.LINEAR_IMPLS})")
-  elif cfg.sampler_linear_impl == "pallas" and cfg.sampler_scan_layers:
-    errors.append("sampler_linear_impl='pallas' needs sampler_scan_layers=False")
+  elif cfg.sampler_linear_impl != "xla" and cfg.sampler_scan_layers:
+    errors.append(f"sampler_linear_impl={cfg.sampler_linear_impl!r} needs "
+                  "sampler_scan_layers=False")
   if errors:
     raise ValueError("invalid RL config:\n  " + "\n  ".join(errors))
 

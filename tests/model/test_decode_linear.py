@@ -102,12 +102,13 @@ def test_model_decode_bfloat16_within_rounding():
   params = qwen2.init_params(cfg, jax.random.PRNGKey(2))
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 6)))
   outs = []
-  for impl in ("xla", "pallas"):
+  for impl in ("xla", "pallas", "xla_folded"):
     dp = qwen2.decode_layout(params, cfg, jnp.bfloat16, linear_impl=impl)
     cache = kv_cache.init_cache(cfg, 2, 16, jnp.bfloat16, per_layer=True)
     _, cache = qwen2.apply(dp, cfg, tokens[:, :5], cache=cache, scan_layers=False)
     outs.append(np.asarray(qwen2.apply(dp, cfg, tokens[:, 5:], cache=cache, scan_layers=False)[0]))
   np.testing.assert_allclose(outs[1], outs[0], atol=0.03, rtol=0)
+  np.testing.assert_allclose(outs[2], outs[0], atol=0.03, rtol=0)     # norm gains folded
   assert np.abs(outs[0]).max() > 0.1                                   # not trivially small
 
 
@@ -123,14 +124,17 @@ def test_sampler_tokens_equal_xla_path():
   rcfg = T.RolloutConfig(max_len=32, max_new_tokens=12, prompt_buckets=(16,), chunk_steps=8,
                          use_tools=False)
   outs = {}
-  for impl in ("xla", "pallas"):
+  for impl in ("xla", "pallas", "xla_folded"):
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg,
                             compute_dtype=jnp.float32, cache_dtype=jnp.float32, scan_layers=False,
                             linear_impl=impl)
     outs[impl] = s.generate(params, prompts)
   np.testing.assert_array_equal(outs["pallas"].tokens, outs["xla"].tokens)
   np.testing.assert_allclose(outs["pallas"].logprobs, outs["xla"].logprobs, atol=1e-5)
-  with pytest.raises(ValueError, match="scan_layers=False"):
-    sampler_lib.Sampler(cfg, tok, rollout_cfg=rcfg, linear_impl="pallas")
+  np.testing.assert_array_equal(outs["xla_folded"].tokens, outs["xla"].tokens)
+  np.testing.assert_allclose(outs["xla_folded"].logprobs, outs["xla"].logprobs, atol=1e-5)
+  for impl in ("pallas", "xla_folded"):
+    with pytest.raises(ValueError, match="scan_layers=False"):
+      sampler_lib.Sampler(cfg, tok, rollout_cfg=rcfg, linear_impl=impl)
   with pytest.raises(ValueError, match="linear_impl"):
     sampler_lib.Sampler(cfg, tok, rollout_cfg=rcfg, scan_layers=False, linear_impl="cuda")

@@ -78,10 +78,11 @@ def test_packed_segments_match_separate_hf_runs(model):
     start += n
 
 
-@pytest.mark.parametrize("decode_layout", [False, True])
+@pytest.mark.parametrize("decode_layout", [False, "xla", "xla_folded"])
 def test_kv_cache_decode_matches_full_forward(model, decode_layout):
   """Stacked cache + stacked params (layer scan), and the sampler's unrolled form: per-layer
-  cache buffers + qwen2.decode_layout params (fused q/k/v and gate/up), against the full forward."""
+  cache buffers + qwen2.decode_layout params (fused q/k/v and gate/up; "xla_folded": the norm
+  gains folded into them), against the full forward."""
   cfg, params, _ = model
   rng = np.random.default_rng(3)
   B, T, P = 3, 14, 6
@@ -90,10 +91,11 @@ def test_kv_cache_decode_matches_full_forward(model, decode_layout):
   # Ragged prefill: rows hold P, P-2, P-4 real prompt tokens (tail padding), then decode the rest.
   plen = np.array([P, P - 2, P - 4])
   seg = (np.arange(P)[None] < plen[:, None]).astype(np.int32)
-  cache = kv_cache.init_cache(cfg, B, 32, jnp.float32, per_layer=decode_layout)
+  cache = kv_cache.init_cache(cfg, B, 32, jnp.float32, per_layer=bool(decode_layout))
   if decode_layout:
-    params = qwen2.decode_layout(params, cfg, jnp.float32)
+    params = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl=decode_layout)
     assert isinstance(cache["k"], list) and "qkv" in params["layers"][0]
+    assert ("input_norm" in params["layers"][0]) == (decode_layout == "xla")
   step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
                                                 compute_dtype=jnp.float32,
                                                 scan_layers=not decode_layout))
