@@ -90,17 +90,16 @@ def init_params(cfg: Qwen2Config, key: jax.Array, dtype=jnp.float32, std: float 
   return params
 
 
-def rms_norm(x, scale, eps):
-  xf = x.astype(jnp.float32)
-  xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-  return scale.astype(x.dtype) * xf.astype(x.dtype)
-
-
 def rms_scale(x, eps):
   """1 / RMS(x) per position, f32 [..., 1]: rms_norm(x, g) == g * x * rms_scale(x) (up to rounding),
   so with g folded into the next weight the scale can be applied after the product."""
   xf = x.astype(jnp.float32)
   return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
+def rms_norm(x, scale, eps):
+  xf = x.astype(jnp.float32) * rms_scale(x, eps)
+  return scale.astype(x.dtype) * xf.astype(x.dtype)
 
 
 def rope(x, positions, theta):
