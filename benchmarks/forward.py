@@ -36,15 +36,14 @@ def loss_fn(params, tokens, cfg, attn, remat, loss_kind, scan):
   inputs, targets = tokens[:, :-1], tokens[:, 1:]
   mask = jnp.ones_like(targets)
   kw = dict(attn_impl=attn, remat=remat, scan_layers=scan)
-  if loss_kind == "chunked":
+  if loss_kind in ("chunked", "fused"):
     h, _ = qwen2.apply(params, cfg, inputs, return_hidden=True, **kw)
     w = qwen2.unembedding(params, cfg).T.astype(h.dtype)       # [V, D]
-    s, n = losses.chunked_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value,
-                                        vocab_chunk=_VOCAB_CHUNK.value)
-  elif loss_kind == "fused":
-    h, _ = qwen2.apply(params, cfg, inputs, return_hidden=True, **kw)
-    w = qwen2.unembedding(params, cfg).T.astype(h.dtype)       # [V, D]
-    s, n, _ = losses.fused_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value)
+    if loss_kind == "fused":
+      s, n, _ = losses.fused_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value)
+    else:
+      s, n = losses.chunked_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value,
+                                          vocab_chunk=_VOCAB_CHUNK.value)
   else:
     logits, _ = qwen2.apply(params, cfg, inputs, **kw)
     s, n = losses.masked_cross_entropy(logits, targets, mask)

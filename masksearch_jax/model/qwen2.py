@@ -174,24 +174,25 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   return out
 
 
-def _dense(x, lp, name, c):
-  """x [B, T, in] times layer weight `name` in either layout ([in, out] or `name_t` [out, in])."""
+def _dense(x, lp, name, c, row_scale=None):
+  """x [B, T, in] times layer weight `name` in either layout ([in, out] or `name_t` [out, in]).
+  row_scale [B, T, 1]: a folded norm's per-row scale (decode_layout "xla_folded"), applied to
+  the product."""
   if name + "_t" in lp:
-    return jnp.einsum("bti,oi->bto", x, c(lp[name + "_t"]))
-  w = c(lp[name])
-  return rows_einsum("bti,io->bto", x, w.reshape(-1, w.shape[-1]))
+    y = jnp.einsum("bti,oi->bto", x, c(lp[name + "_t"]))
+  else:
+    w = c(lp[name])
+    y = rows_einsum("bti,io->bto", x, w.reshape(-1, w.shape[-1]))
+  return y if row_scale is None else (y * row_scale).astype(y.dtype)
 
 
 def _projections(cfg, x, lp, c, row_scale=None):
-  """q [B, T, H, Dh], k/v [B, T, K, Dh] from either param layout. row_scale [B, T, 1]: the
-  folded norm's per-row scale (decode_layout "xla_folded"), applied to the product."""
+  """q [B, T, H, Dh], k/v [B, T, K, Dh] from either param layout (row_scale: as in _dense; only
+  the decode layout has folded norms)."""
   b, t, _ = x.shape
   if "qkv" in lp or "qkv_t" in lp:                      # decode_layout: one fused matmul
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
-    y = _dense(x, lp, "qkv", c)
-    if row_scale is not None:
-      y = (y * row_scale).astype(y.dtype)
-    y = y + c(lp["qkv_bias"])
+    y = _dense(x, lp, "qkv", c, row_scale) + c(lp["qkv_bias"])
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return (q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh))
   q = rows_einsum("btd,dhk->bthk", x, c(lp["q"])) + c(lp["q_bias"])
@@ -203,14 +204,20 @@ def _projections(cfg, x, lp, c, row_scale=None):
 def _mlp_in(x, lp, c, row_scale=None):
   """silu(gate) * up [B, T, F] from either param layout (row_scale: as in _projections)."""
   if "gate_up" in lp or "gate_up_t" in lp:
-    y = _dense(x, lp, "gate_up", c)
-    if row_scale is not None:
-      y = (y * row_scale).astype(y.dtype)
-    g, u = jnp.split(y, 2, axis=-1)
+    g, u = jnp.split(_dense(x, lp, "gate_up", c, row_scale), 2, axis=-1)
   else:
     g = rows_einsum("btd,df->btf", x, c(lp["gate"]))
     u = rows_einsum("btd,df->btf", x, c(lp["up"]))
   return checkpoint_name(jax.nn.silu(g) * u, "mlp_act")
+
+
+def _normed(cfg, h, lp, norm: str):
+  """(input of the next product, its per-row scale or None): the RMSNorm of h, or — when
+  decode_layout "xla_folded" moved the gain into the weights (no `norm` key) — h itself and
+  1 / RMS(h), applied after the product."""
+  if norm not in lp:
+    return h, rms_scale(h, cfg.rms_norm_eps)
+  return checkpoint_name(rms_norm(h, lp[norm], cfg.rms_norm_eps), "norm"), None
 
 
 def _fused_decode(cfg, h, lp, cache_kv) -> bool:
@@ -235,11 +242,8 @@ def _qkv(cfg, h, lp, positions, c, fused):
         theta=cfg.rope_theta)[:, None]
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
-  if "input_norm" not in lp:                            # decode_layout "xla_folded"
-    q, k, v = _projections(cfg, h, lp, c, row_scale=rms_scale(h, cfg.rms_norm_eps))
-    return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
-  x = checkpoint_name(rms_norm(h, lp["input_norm"], cfg.rms_norm_eps), "norm")
-  q, k, v = _projections(cfg, x, lp, c)
+  x, scale = _normed(cfg, h, lp, "input_norm")
+  q, k, v = _projections(cfg, x, lp, c, scale)
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
 
@@ -255,10 +259,8 @@ def _out_mlp(cfg, h, a, lp, c, fused):
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  if "post_norm" not in lp:                             # decode_layout "xla_folded"
-    return h + _dense(_mlp_in(h, lp, c, rms_scale(h, cfg.rms_norm_eps)), lp, "down", c)
-  x = checkpoint_name(rms_norm(h, lp["post_norm"], cfg.rms_norm_eps), "norm")
-  return h + _dense(_mlp_in(x, lp, c), lp, "down", c)
+  x, scale = _normed(cfg, h, lp, "post_norm")
+  return h + _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
 
 
 def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):

@@ -120,20 +120,19 @@ def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
       if cfg.accuracy:
         hit = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1) == targets
         aux["accuracy"] = jnp.sum(hit * weights)
-    elif cfg.loss_impl == "fused":
-      unemb = qwen2.unembedding(params, model_cfg).T.astype(h.dtype)          # [V, D]
-      total, count, correct = losses.fused_cross_entropy(h, unemb, targets, weights,
-                                                         token_chunk=cfg.token_chunk)
-      if cfg.accuracy:
-        aux["accuracy"] = correct                  # from the same logits: no extra product
     else:
       unemb = qwen2.unembedding(params, model_cfg).T.astype(h.dtype)          # [V, D]
-      vocab_chunk = cfg.vocab_chunk or model_cfg.vocab_size
-      total, count = losses.chunked_cross_entropy(h, unemb, targets, weights,
-                                                  token_chunk=cfg.token_chunk,
-                                                  vocab_chunk=vocab_chunk)
-      if cfg.accuracy:
-        aux["accuracy"] = _correct_chunked(h, unemb, targets, weights, cfg.token_chunk)
+      if cfg.loss_impl == "fused":
+        total, count, correct = losses.fused_cross_entropy(h, unemb, targets, weights,
+                                                           token_chunk=cfg.token_chunk)
+        if cfg.accuracy:
+          aux["accuracy"] = correct                # from the same logits: no extra product
+      else:
+        total, count = losses.chunked_cross_entropy(
+            h, unemb, targets, weights, token_chunk=cfg.token_chunk,
+            vocab_chunk=cfg.vocab_chunk or model_cfg.vocab_size)
+        if cfg.accuracy:
+          aux["accuracy"] = _correct_chunked(h, unemb, targets, weights, cfg.token_chunk)
     return total, count, aux
 
   return loss_fn
