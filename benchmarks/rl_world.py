@@ -56,6 +56,7 @@ _EVAL_N = flags.DEFINE_integer("eval_n", 64, "Held-out questions evaluated (test
 _HOP_EVAL_N = flags.DEFINE_integer("hop_eval_n", 0, "Questions of each hop type in the per-hop "
                                    "evals (0: all of the test split's; the x16 world has ~1,600 "
                                    "of each, 8x the main eval's cost at --eval_n=400).")
+flags.register_validator("hop_eval_n", lambda v: v >= 0, "--hop_eval_n must be >= 0 (0: all)")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "DAPO steps between held-out evals (curve).")
 _SEQ = flags.DEFINE_integer("seq_len", 1024, "Rollout buffer / training length.")
 _NEW = flags.DEFINE_integer("max_new_tokens", 640, "Cap on tokens after the prompt.")
