@@ -143,9 +143,15 @@ def classify(name: str) -> str:
   return "other"
 
 
+_OP_ARGS = ("hlo_op", "long_name", "tf_op", "name")   # trace-event args that may name the HLO op
+
+
 def kernel_times(fn, steps: int):
   """Profiles `steps` calls of fn (each blocked on) and returns (ms per call by kernel name,
-  ms per call by class, kernel launches per call) from the device streams of a Perfetto trace."""
+  ms per call by class, kernel launches per call, {kernel name: Counter(HLO op -> ms per call)})
+  from the device streams of a Perfetto trace. The HLO op (when the trace's event args carry
+  one) is what names a vendor kernel's caller: which `copy` a `memcpy32_post` is, which dot a
+  cuBLAS gemm is."""
   d = tempfile.mkdtemp()
   jax.profiler.start_trace(d, create_perfetto_trace=True)
   for _ in range(steps):
@@ -160,15 +166,24 @@ def kernel_times(fn, steps: int):
                if e.get("ph") == "M" and e.get("name") == "process_name"}
   gpu_pids = {p for p, n in pid_names.items() if "gpu" in n.lower() and "host" not in n.lower()}
   per_kernel, per_class, launches = collections.Counter(), collections.Counter(), 0
+  kernel_ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  shown = False
   for e in events:
     if e.get("ph") == "X" and e.get("pid") in gpu_pids:
       dur = e.get("dur", 0) / 1e3 / steps                   # ms per call
       per_kernel[e["name"]] += dur
       per_class[classify(e["name"])] += dur
       launches += 1
+      args = e.get("args") or {}
+      if not shown:
+        print("device event args:", sorted(args)[:12])
+        shown = True
+      op = next((str(args[k]) for k in _OP_ARGS if args.get(k)), None)
+      if op:
+        kernel_ops[e["name"]][op] += dur
   if not per_class:
     print("no device kernel events; processes in trace:", sorted(set(pid_names.values()))[:20])
-  return per_kernel, per_class, launches / steps
+  return per_kernel, per_class, launches / steps, dict(kernel_ops)
 
 
 RESERVED_IDS = 16          # ids < 16: pad (0), the 8 protocol tags (1..8), eos (9); never free
@@ -264,12 +279,19 @@ def hlo_sources(hlo_text: str) -> dict[str, str]:
 
 
 def print_kernels(per_class, per_kernel, top: int, scale: float = 1.0, unit: str = "ms",
-                  sources: dict[str, str] | None = None) -> None:
+                  sources: dict[str, str] | None = None,
+                  kernel_ops: dict[str, collections.Counter] | None = None) -> None:
   """The kernel_times breakdown: classes with their share, then the `top` kernels; times x scale.
-  `sources` (hlo_sources) adds the model line each XLA fusion comes from."""
+  `sources` (hlo_sources) adds the model line each XLA fusion comes from; `kernel_ops`
+  (kernel_times) names the HLO ops behind a vendor kernel, with their lines."""
+  sources, kernel_ops = sources or {}, kernel_ops or {}
   total = max(sum(per_class.values()), 1e-9)
   for k, v in per_class.most_common():
     print(f"  {k:10s} {v * scale:8.1f} {unit}  {100 * v / total:5.1f}%")
   for k, v in per_kernel.most_common(top):
-    where = (sources or {}).get(_kernel_key(k), "")
+    where = sources.get(_kernel_key(k), "")
     print(f"  {v * scale:8.2f} {unit}  {k[:80]}" + (f"  <- {where}" if where else ""))
+    if not where:
+      for op, t in kernel_ops.get(k, collections.Counter()).most_common(3):
+        src = sources.get(_kernel_key(op), "")
+        print(f"      {t * scale:8.2f} {unit}  op {op[:60]}" + (f"  <- {src}" if src else ""))

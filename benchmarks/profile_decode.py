@@ -69,7 +69,7 @@ def main(argv):
     wall = (time.perf_counter() - t) / N * 1e3                            # ms per step
     for _ in range(2):
       fresh()
-    per_kernel, per_class, launches = common.kernel_times(
+    per_kernel, per_class, launches, kernel_ops = common.kernel_times(
         lambda: decode(params, states.pop()), 2)
     sources = common.hlo_sources(decode.as_text())
     kern = sum(per_class.values()) / N
@@ -78,7 +78,7 @@ def main(argv):
           f"{kern:.3f} ms/step, {launches / N:.0f} launches/step, roofline {roof:.3f} ms/step "
           f"({100 * roof / wall:.0f}% of wall)")
     common.print_kernels(per_class, per_kernel, _TOP.value, scale=1e3 / N, unit="us/step",
-                         sources=sources)
+                         sources=sources, kernel_ops=kernel_ops)
 
 
 if __name__ == "__main__":

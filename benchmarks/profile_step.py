@@ -19,6 +19,7 @@ _MODEL = flags.DEFINE_string("model", "1.5b", "model preset")
 _VARIANT = flags.DEFINE_string("variant", "cudnn:dots_no_batch:8:chunked:scan", "see forward.py")
 _STEPS = flags.DEFINE_integer("profile_steps", 3, "steps inside the trace")
 _TOP = flags.DEFINE_integer("top", 25, "kernels to list")
+_HLO_OUT = flags.DEFINE_string("hlo_out", None, "write the compiled step's HLO text here")
 
 
 def main(argv):
@@ -37,12 +38,15 @@ def main(argv):
       forward.loss_fn, cfg=cfg, attn=attn, remat=remat, loss_kind=loss_kind, scan=scan)))
   step = step.lower(params, tokens).compile()      # one compile: timed, profiled, its HLO read
   t = common.median(common.time_fn(lambda: step(params, tokens), warmup=2, iters=5))
-  per_kernel, per_class, _ = common.kernel_times(lambda: step(params, tokens), _STEPS.value)
+  per_kernel, per_class, _, kernel_ops = common.kernel_times(lambda: step(params, tokens), _STEPS.value)
   sources = common.hlo_sources(step.as_text())
   total = sum(per_class.values())
   flops = common.train_flops_per_step(cfg, batch, forward._SEQ.value)
   print(f"step {t * 1e3:.1f} ms wall, {total:.1f} ms kernel time, MFU {100 * flops / t / 989e12:.1f}%")
-  common.print_kernels(per_class, per_kernel, _TOP.value, sources=sources)
+  common.print_kernels(per_class, per_kernel, _TOP.value, sources=sources, kernel_ops=kernel_ops)
+  if _HLO_OUT.value:
+    with open(_HLO_OUT.value, "w") as f:
+      f.write(step.as_text())
 
 
 if __name__ == "__main__":
