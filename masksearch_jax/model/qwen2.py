@@ -285,11 +285,15 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
   return _out_mlp(cfg, h, a, lp, c, fused), new_kv
 
 
-def _layer_params(params: Params, i: int):
+def _unstacked_layers(params: Params, num_layers: int) -> list:
+  """The per-layer parameter dicts for an unrolled loop. Stacked [L, ...] leaves are split once:
+  the transpose of one split is one concatenate, where indexing x[i] layer by layer would make
+  the backward pass add L zero-padded [L, ...] cotangents (measured: ~23 ms of a 1.5B SFT step)."""
   layers = params["layers"]
-  if isinstance(layers, (list, tuple)):                 # decode_layout
-    return layers[i]
-  return jax.tree.map(lambda x: x[i], layers)
+  if isinstance(layers, (list, tuple)):                 # decode_layout: already one dict a layer
+    return list(layers)
+  split = jax.tree.map(lambda x: [jnp.squeeze(p, 0) for p in jnp.split(x, num_layers)], layers)
+  return [jax.tree.map(lambda _, s: s[i], layers, split) for i in range(num_layers)]
 
 
 def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Array | None = None,
@@ -332,8 +336,8 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
         return h, None
       h, _ = jax.lax.scan(body, h, params["layers"])
     else:
-      for i in range(cfg.num_layers):
-        h, _ = layer(h, _layer_params(params, i), positions, mask, None, None)
+      for lp in _unstacked_layers(params, cfg.num_layers):
+        h, _ = layer(h, lp, positions, mask, None, None)
     new_cache = None
   else:
     kc, vc = cache["k"], cache["v"]
@@ -347,9 +351,8 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
                                     (params["layers"], jnp.arange(cfg.num_layers)))
     else:
       kc, vc = (list(kc), list(vc)) if per_layer else (kc, vc)
-      for i in range(cfg.num_layers):
-        h, (ki, vi) = layer(h, _layer_params(params, i), positions, mask, (kc[i], vc[i]),
-                            cache_end)
+      for i, lp in enumerate(_unstacked_layers(params, cfg.num_layers)):
+        h, (ki, vi) = layer(h, lp, positions, mask, (kc[i], vc[i]), cache_end)
         if per_layer:
           kc[i], vc[i] = ki, vi
         else:

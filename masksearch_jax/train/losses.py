@@ -151,7 +151,8 @@ def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, with_grad
                         preferred_element_type=jnp.float32)                     # [n, V] f32
     lse = jax.nn.logsumexp(logits, axis=-1)                                     # [n]
     is_tgt = jnp.arange(vocab)[None, :] == tgt[:, None]                         # [n, V]
-    tgt_logit = jnp.sum(jnp.where(is_tgt, logits, 0.0), axis=-1)
+    # A gather, not a pass over [n, V]; clipped so a masked-out target id of -1 stays finite.
+    tgt_logit = jnp.take_along_axis(logits, tgt[:, None], axis=-1, mode="clip")[:, 0]
     loss = loss + jnp.sum(w * (lse - tgt_logit))
     correct = correct + jnp.sum(w * (jnp.argmax(logits, axis=-1) == tgt))
     if not with_grads:

@@ -127,6 +127,28 @@ def test_unrolled_and_remat_agree_with_scan():
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+def test_unrolled_backward_concatenates_layer_gradients_once():
+  """Unrolled layers take their parameters from one split of the stacked [L, ...] leaves, so the
+  backward pass joins the per-layer gradients with one concatenate a leaf — not L zero-padded
+  [L, ...] cotangents added up (what indexing x[i] layer by layer transposes to)."""
+  cfg = CONFIGS["tied_gqa"]
+  params = qwen2.init_params(cfg, jax.random.PRNGKey(1), jnp.float32, std=0.1)
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 9)))
+  loss = lambda p, **kw: jnp.mean(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32, **kw)[0] ** 2)
+  g_scan, g_unrolled = jax.grad(loss)(params), jax.grad(lambda p: loss(p, scan_layers=False))(params)
+  for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_unrolled)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(p, scan_layers=False)))(params).jaxpr
+  stacked = {tuple(x.shape) for x in jax.tree.leaves(params["layers"])}
+  big = [e.primitive.name for e in jaxpr.eqns
+         if e.primitive.name in ("pad", "add_any", "dynamic_update_slice", "scatter-add")
+         and any(tuple(v.aval.shape) in stacked for v in e.outvars)]
+  assert not big, big
+  joins = [e for e in jaxpr.eqns if e.primitive.name == "concatenate"
+           and tuple(e.outvars[0].aval.shape) in stacked]
+  assert len(joins) == len(jax.tree.leaves(params["layers"]))
+
+
 def test_dots_attn_policy_saves_the_fused_attention_forward():
   """The backward of cuDNN attention needs its forward outputs; "dots_attn" keeps them (and the
   weight products) instead of re-running the forward, and still recomputes element-wise ops."""

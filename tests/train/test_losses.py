@@ -128,6 +128,19 @@ def test_fused_matches_numpy_value_grad_and_accuracy(token_chunk):
     losses.fused_cross_entropy(h, w.T, tgt, mask)
 
 
+def test_fused_masked_out_of_range_target_stays_finite():
+  """A masked-out target id outside the vocabulary (-1, V) contributes nothing and no NaN: the
+  target logit is a clipped gather."""
+  h, w, tgt, mask = _data()
+  bad = np.where(mask == 0, -1, tgt)
+  bad[0, -1], mask_b = w.shape[0], mask.copy()
+  mask_b[0, -1] = 0
+  ref = losses.fused_cross_entropy(h, w, np.where(mask_b == 0, 0, tgt), mask_b)[0]
+  s, gh = jax.value_and_grad(lambda a: losses.fused_cross_entropy(a, w, bad, mask_b)[0])(h)
+  np.testing.assert_allclose(s, ref, rtol=1e-6)
+  assert np.all(np.isfinite(np.asarray(gh)))
+
+
 def test_fused_bf16_close_to_f32_and_saves_no_logits():
   h, w, tgt, mask = _data(seed=1)
   _, loss, dh, _ = _np_ce_and_grads(h, w, tgt, mask)
