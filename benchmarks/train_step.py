@@ -54,7 +54,7 @@ _MICRO = flags.DEFINE_integer("micro_batches", 1, "Gradient-accumulation micro-b
 _ATTN = flags.DEFINE_string("attn_impl", "auto", "xla | jax | cudnn | auto (cudnn on a GPU, "
                             "else xla).")
 _REMAT = flags.DEFINE_string("remat", "dots_attn", "qwen2.REMAT_POLICIES: none | full | dots | "
-                             "dots_no_batch | dots_attn | dots_attn_acts.")
+                             "dots_no_batch | dots_attn | dots_attn_norm | dots_attn_acts.")
 _LOSS = flags.DEFINE_enum("loss_impl", "fused", ["chunked", "fused", "full"],
                           "SFT loss implementation.")
 _TOKEN_CHUNK = flags.DEFINE_integer("token_chunk", 4096, "Chunked loss: tokens per chunk.")

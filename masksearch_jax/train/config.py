@@ -42,7 +42,7 @@ class TrainConfig:
   param_dtype: str = "float32"         # master weights and optimizer state
   compute_dtype: str = "bfloat16"      # matmuls
   attn_impl: str = "xla"               # xla | jax | cudnn
-  remat: str = "none"                  # none | full | dots | dots_no_batch | dots_attn | dots_attn_acts
+  remat: str = "none"                  # qwen2.REMAT_POLICIES: none | full | dots | dots_no_batch | dots_attn[_norm|_acts]
   scan_layers: bool = True            # lax.scan over layers (fast compiles) or unrolled
   # ---- parallelism and batch
   mesh: str = "data=1,fsdp=-1,tensor=1"  # axis sizes over all devices; one -1 fills the rest

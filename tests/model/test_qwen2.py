@@ -121,7 +121,7 @@ def test_unrolled_and_remat_agree_with_scan():
   np.testing.assert_allclose(_fwd(params, cfg, tokens, scan_layers=False), ref, atol=1e-5)
   loss = lambda p, **kw: jnp.mean(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32, **kw)[0] ** 2)
   g_ref = jax.grad(loss)(params)
-  for policy in ("full", "dots_attn", "dots_attn_acts"):
+  for policy in ("full", "dots_attn", "dots_attn_norm", "dots_attn_acts"):
     g_remat = jax.grad(lambda p: loss(p, remat=policy))(params)
     for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -176,8 +176,9 @@ def test_dots_attn_acts_saves_the_norm_and_swiglu_outputs():
     with contextlib.redirect_stdout(out):
       jax.ad_checkpoint.print_saved_residuals(f, params)
     return out.getvalue()
-  acts, attn = saved("dots_attn_acts"), saved("dots_attn")
+  acts, attn, norm = saved("dots_attn_acts"), saved("dots_attn"), saved("dots_attn_norm")
   assert "named 'norm'" in acts and "named 'mlp_act'" in acts, acts
+  assert "named 'norm'" in norm and "named 'mlp_act'" not in norm, norm
   assert "named 'norm'" not in attn
 
 

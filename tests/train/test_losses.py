@@ -176,3 +176,20 @@ def test_chunked_loss_keeps_rows_on_their_devices(impl):
   hlo = jax.jit(jax.grad(f, argnums=(0, 1)), in_shardings=(rows, rep)).lower(
       jax.device_put(h, rows), jax.device_put(w, rep)).compile().as_text()
   assert "all-gather" not in hlo
+
+
+def test_one_pass_logsumexp_and_argmax_match_numpy():
+  """The fused loss's single variadic reduce: logsumexp and argmax (lowest index on ties) of
+  rows with ties, large magnitudes and -inf entries, against NumPy."""
+  rng = np.random.default_rng(7)
+  x = rng.normal(0, 30, (6, 1000)).astype(np.float32)
+  x[1, [3, 500, 999]] = 200.0                        # a three-way tie at the max
+  x[2, :] = 5.0                                      # every entry tied
+  x[3, ::2] = -np.inf                                # half the row masked out
+  x[4, 10] = 1e4                                     # one huge logit
+  lse, top = jax.jit(losses._lse_and_argmax)(jnp.asarray(x))
+  m = x.max(-1, keepdims=True)
+  want = (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))[:, 0]
+  np.testing.assert_allclose(np.asarray(lse), want, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(top), x.argmax(-1))
+  assert int(top[1]) == 3 and int(top[2]) == 0
