@@ -28,6 +28,8 @@ _VARIANTS = flags.DEFINE_string("variants", "xla:none:4,cudnn:dots_no_batch:8,cu
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "bfloat16", ["bfloat16", "float32"], "params")
 _ITERS = flags.DEFINE_integer("iters", 10, "timed steps per variant")
 _TOKEN_CHUNK = flags.DEFINE_integer("token_chunk", 4096, "chunked loss: tokens per chunk")
+_LOGITS_DTYPE = flags.DEFINE_enum("logits_dtype", "float32", ["float32", "bfloat16"],
+                                  "fused loss: the unembedding product's output dtype")
 _VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 1 << 20, "chunked loss: vocab per chunk")
 _JSON = flags.DEFINE_string("json_out", None, "write rows as JSON here")
 
@@ -40,7 +42,8 @@ def loss_fn(params, tokens, cfg, attn, remat, loss_kind, scan):
     h, _ = qwen2.apply(params, cfg, inputs, return_hidden=True, **kw)
     w = qwen2.unembedding(params, cfg).T.astype(h.dtype)       # [V, D]
     if loss_kind == "fused":
-      s, n, _ = losses.fused_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value)
+      s, n, _ = losses.fused_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value,
+                                           logits_dtype=jnp.dtype(_LOGITS_DTYPE.value))
     else:
       s, n = losses.chunked_cross_entropy(h, w, targets, mask, token_chunk=_TOKEN_CHUNK.value,
                                           vocab_chunk=_VOCAB_CHUNK.value)

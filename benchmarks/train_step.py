@@ -58,6 +58,8 @@ _REMAT = flags.DEFINE_string("remat", "dots_attn", "qwen2.REMAT_POLICIES: none |
 _LOSS = flags.DEFINE_enum("loss_impl", "fused", ["chunked", "fused", "full"],
                           "SFT loss implementation.")
 _TOKEN_CHUNK = flags.DEFINE_integer("token_chunk", 4096, "Chunked loss: tokens per chunk.")
+_LOGITS_DTYPE = flags.DEFINE_enum("logits_dtype", "float32", ["float32", "bfloat16"],
+                                  "Fused loss: the unembedding product's output dtype.")
 _VOCAB_CHUNK = flags.DEFINE_integer("vocab_chunk", 0, "Chunked loss: vocab per chunk (0: all).")
 _ACCURACY = flags.DEFINE_bool("accuracy", False, "Also compute next-token accuracy (one more "
                               "forward pass of the unembedding).")
@@ -102,7 +104,8 @@ def _row(name, kind, cfg, mcfg, seconds, n_dev):
   mem = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
   return {"model": name, "kind": kind, "batch": cfg.batch_size, "seq": cfg.seq_len,
           "micro": cfg.micro_batches, "attn": cfg.attn_impl, "remat": cfg.remat,
-          "loss": cfg.loss_impl, "step_s": f"{seconds:.4f}", "tokens_per_s": f"{tps:,.0f}",
+          "loss": cfg.loss_impl + ("/bf16" if cfg.logits_dtype == "bfloat16" else ""),
+          "step_s": f"{seconds:.4f}", "tokens_per_s": f"{tps:,.0f}",
           "tflops": f"{flops.train_flops_per_token(mcfg, cfg.seq_len) * tps / n_dev / 1e12:.1f}",
           "mfu": f"{100 * flops.mfu(mcfg, cfg.seq_len, tps, n_dev):.1f}%",
           "peak_mem_gb": f"{mem / 1e9:.1f}"}
@@ -119,6 +122,7 @@ def bench_model(name: str) -> list[dict]:
       "", model=name, batch_size=_BATCH.value, seq_len=_SEQ.value, micro_batches=_MICRO.value,
       attn_impl=_attn_impl(), remat=_REMAT.value, loss_impl=_LOSS.value, scan_layers=_SCAN.value,
       token_chunk=_TOKEN_CHUNK.value, vocab_chunk=_VOCAB_CHUNK.value, accuracy=_ACCURACY.value,
+      logits_dtype=_LOGITS_DTYPE.value,
       param_dtype=_PARAM_DTYPE.value, compute_dtype="bfloat16", mesh=_MESH.value,
       learning_rate=1e-5, warmup_steps=0, steps=1000, pack_window=64 if _PACKED.value else 1)
   n_dev = len(jax.devices())

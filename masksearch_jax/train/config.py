@@ -82,6 +82,9 @@ class TrainConfig:
   loss_impl: str = "fused"
   token_chunk: int = 4096             # chunked / fused loss: tokens per chunk (8192: +1.7 points
                                       # of MFU on one H200, ~12 GB of chunk temporaries)
+  logits_dtype: str = "float32"        # fused: what the unembedding product stores (float32 |
+                                       # bfloat16: f32 softmax over bf16-rounded logits, as
+                                       # transformers and MaxText train; fewer bytes per pass)
   vocab_chunk: int = 0                 # chunked: vocab per chunk, 0 = all (fastest measured on H100)
   accuracy: bool = True                # next-token accuracy on loss tokens (fused: free; chunked:
                                        # one extra forward matmul)
@@ -337,6 +340,11 @@ def validate(cfg: TrainConfig, num_devices: int | None = None) -> None:
     errors.append(f"curriculum={cfg.curriculum!r} needs curriculum_stages")
   if cfg.loss_impl not in LOSS_IMPLS:
     errors.append(f"loss_impl={cfg.loss_impl!r} ({' | '.join(LOSS_IMPLS)})")
+  if cfg.logits_dtype not in ("float32", "bfloat16"):
+    errors.append(f"logits_dtype={cfg.logits_dtype!r} (float32 | bfloat16)")
+  elif cfg.logits_dtype != "float32" and cfg.loss_impl != "fused":
+    errors.append(f"logits_dtype={cfg.logits_dtype!r} needs loss_impl='fused' "
+                  f"(got {cfg.loss_impl!r})")
   if cfg.init_from_hf and cfg.init_from not in ("", "none"):
     errors.append(f"init_from_hf={cfg.init_from_hf!r} and init_from={cfg.init_from!r}: give one")
   if mcfg is not None and cfg.seq_len > mcfg.max_position_embeddings:

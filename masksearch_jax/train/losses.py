@@ -135,32 +135,7 @@ def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: ja
   return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
-def _lse_and_argmax(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(logsumexp, argmax) of [n, V] f32 logits along V in one pass over them: a variadic reduce
-  carrying (running max, sum of exp(x - running max), index of the max), merged as online
-  softmax does. XLA's logsumexp + argmax read the [n, V] logits twice or three times; at
-  Qwen2.5's vocabulary that is ~5 GB a read for an 8192-token chunk. Ties take the lowest index,
-  as jnp.argmax does."""
-  n, v = logits.shape
-
-  def merge(a, b):
-    (m1, s1, i1), (m2, s2, i2) = a, b
-    m = jnp.maximum(m1, m2)
-    # exp(m_k - m) is 1 for the larger side; guarded so that -inf - -inf never makes a NaN.
-    s = (s1 * jnp.where(m1 == m, 1.0, jnp.exp(m1 - m))
-         + s2 * jnp.where(m2 == m, 1.0, jnp.exp(m2 - m)))
-    i = jnp.where((m1 > m2) | ((m1 == m2) & (i1 < i2)), i1, i2)
-    return m, s, i
-
-  init = (jnp.array(-jnp.inf, logits.dtype), jnp.array(0, logits.dtype),
-          jnp.array(v, jnp.int32))
-  m, s, i = jax.lax.reduce((logits, jnp.ones_like(logits),
-                            jax.lax.broadcasted_iota(jnp.int32, (n, v), 1)),
-                           init, merge, (1,))
-  return m + jnp.log(s), i
-
-
-def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, with_grads):
+def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, logits_dtype, with_grads):
   """Chunk by chunk: (sum w * -log p, sum w * [argmax == target]) and, with_grads, the
   gradients of the first sum w.r.t. hidden [B, T, D] and unembedding [V, D]."""
   b, t, d = hidden.shape
@@ -173,18 +148,20 @@ def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, with_grad
     loss, correct, dw = carry
     x, tgt, w = (a.reshape(b * per_row, *a.shape[2:]) for a in xtw)             # [n, D], [n]
     logits = jnp.einsum("nd,vd->nv", x, unembedding,
-                        preferred_element_type=jnp.float32)                     # [n, V] f32
-    lse, top = _lse_and_argmax(logits)                                          # [n], [n]
+                        preferred_element_type=logits_dtype)                    # [n, V]
+    # Read as f32 by each pass (the convert fuses into it); stored as logits_dtype.
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)                 # [n]
     is_tgt = jnp.arange(vocab)[None, :] == tgt[:, None]                         # [n, V]
     # A gather, not a pass over [n, V]; clipped so a masked-out target id of -1 stays finite.
     tgt_logit = jnp.take_along_axis(logits, tgt[:, None], axis=-1, mode="clip")[:, 0]
-    loss = loss + jnp.sum(w * (lse - tgt_logit))
-    correct = correct + jnp.sum(w * (top == tgt))
+    loss = loss + jnp.sum(w * (lse - tgt_logit.astype(jnp.float32)))
+    correct = correct + jnp.sum(w * (jnp.argmax(logits, axis=-1) == tgt))
     if not with_grads:
       return (loss, correct, dw), None
     # d(sum w * -log p)/d logits = w * (softmax - onehot), in the activations' dtype for the
     # two products (as the unfused backward does).
-    g = (w[:, None] * (jnp.exp(logits - lse[:, None]) - is_tgt)).astype(x.dtype)  # [n, V]
+    g = (w[:, None] * (jnp.exp(logits.astype(jnp.float32) - lse[:, None]) - is_tgt)
+         ).astype(x.dtype)                                                      # [n, V]
     dx = jnp.einsum("nv,vd->nd", g, unembedding, preferred_element_type=jnp.float32)
     dw = dw + jnp.einsum("nv,nd->vd", g, x, preferred_element_type=jnp.float32)  # [V, D] f32
     return (loss, correct, dw), dx.astype(hidden.dtype).reshape(b, per_row, d)
@@ -198,19 +175,21 @@ def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, with_grad
   return loss, correct, dx, dw.astype(unembedding.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _fused_ce(hidden, unembedding, targets, weights, token_chunk):
-  loss, correct, _, _ = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fused_ce(hidden, unembedding, targets, weights, token_chunk, logits_dtype):
+  loss, correct, _, _ = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk,
+                                       logits_dtype, False)
   return loss, correct
 
 
-def _fused_ce_fwd(hidden, unembedding, targets, weights, token_chunk):
-  loss, correct, dx, dw = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, True)
+def _fused_ce_fwd(hidden, unembedding, targets, weights, token_chunk, logits_dtype):
+  loss, correct, dx, dw = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk,
+                                         logits_dtype, True)
   return (loss, correct), (dx, dw)
 
 
-def _fused_ce_bwd(token_chunk, res, cts):
-  del token_chunk
+def _fused_ce_bwd(token_chunk, logits_dtype, res, cts):
+  del token_chunk, logits_dtype
   dx, dw = res
   ct = cts[0]                                      # the correct count carries no gradient
   return ((dx * ct).astype(dx.dtype), (dw * ct).astype(dw.dtype), None, None)
@@ -220,8 +199,8 @@ _fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd)
 
 
 def fused_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array,
-                        loss_mask: jax.Array, *, token_chunk: int = 4096
-                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
+                        loss_mask: jax.Array, *, token_chunk: int = 4096,
+                        logits_dtype=jnp.float32) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(sum loss, num loss tokens, weighted count of argmax == target) from hidden states.
 
   Under differentiation the gradient is computed inside the forward pass, one token chunk at a
@@ -230,11 +209,16 @@ def fused_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.
   Against `chunked_cross_entropy` this saves the f32 logits the backward pass would read again
   (20 GB for 16 x 2048 tokens of Qwen2.5's vocabulary) and a second unembedding product for the
   accuracy. hidden [B, T, D], unembedding [V, D], targets / loss_mask [B, T].
+
+  logits_dtype: what the unembedding product writes (accumulated in f32 either way; softmax,
+  loss and gradient are computed in f32). bfloat16 halves the traffic of the three passes over
+  [tokens, vocab] that follow the product, at bf16 rounding of each logit — what `transformers`
+  (a bf16 lm_head) and MaxText (logits_dot_in_fp32=False) train with by default.
   """
   d = hidden.shape[-1]
   if unembedding.ndim != 2 or unembedding.shape[1] != d:
     raise ValueError(f"fused_cross_entropy: unembedding shape {unembedding.shape} is not "
                      f"[vocab, d_model={d}]")
   loss, correct = _fused_ce(hidden, unembedding, targets, loss_mask.astype(jnp.float32),
-                            token_chunk)
+                            token_chunk, jnp.dtype(logits_dtype))
   return loss, jnp.sum(loss_mask.astype(jnp.float32)), jax.lax.stop_gradient(correct)

@@ -123,8 +123,9 @@ def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
     else:
       unemb = qwen2.unembedding(params, model_cfg).T.astype(h.dtype)          # [V, D]
       if cfg.loss_impl == "fused":
-        total, count, correct = losses.fused_cross_entropy(h, unemb, targets, weights,
-                                                           token_chunk=cfg.token_chunk)
+        total, count, correct = losses.fused_cross_entropy(
+            h, unemb, targets, weights, token_chunk=cfg.token_chunk,
+            logits_dtype=jnp.dtype(cfg.logits_dtype))
         if cfg.accuracy:
           aux["accuracy"] = correct                # from the same logits: no extra product
       else:
