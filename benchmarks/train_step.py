@@ -149,13 +149,15 @@ def bench_model(name: str) -> list[dict]:
   def mean_loss(p, mb):
     s, n, _ = loss_fn(p, mb)
     return s / n
-  grad = mesh_lib.under_mesh(jax.jit(jax.value_and_grad(mean_loss)), mesh)   # as the trainer
+  compute = trainer.DTYPES[cfg.compute_dtype]
+  grad = mesh_lib.under_mesh(jax.jit(          # as the trainer: at the params cast once
+      lambda p, mb: jax.value_and_grad(mean_loss)(optim.cast_floating(p, compute), mb)), mesh)
   first = jax.tree.map(lambda x: x[0], batch)          # one micro-batch: the fwd+bwd unit
   sec = _time(lambda: grad(state.params, first), _ITERS.value) * cfg.micro_batches
   rows.append(_row(name, "fwd+bwd", cfg, mcfg, sec, n_dev))
   del grad
   step = trainer.make_train_step(loss_fn, tx, cfg.micro_batches, state_sh, batch_sh,
-                                 optim.make_schedule(cfg.optim))
+                                 optim.make_schedule(cfg.optim), compute_dtype=compute)
   holder = {"state": state}
 
   def run():

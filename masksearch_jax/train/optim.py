@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 __all__ = ["OptimConfig", "make_schedule", "decay_mask", "make_optimizer",
-           "accumulate_gradients"]
+           "accumulate_gradients", "cast_floating"]
 
 PyTree = Any
 
@@ -91,8 +91,14 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw)
 
 
+def cast_floating(tree: PyTree, dtype) -> PyTree:
+  """Floating leaves cast to dtype (integer leaves kept): the compute copy of f32 params."""
+  return jax.tree.map(lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+                      tree)
+
+
 def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, dict]],
-                         params: PyTree, micro_batches: PyTree
+                         params: PyTree, micro_batches: PyTree, compute_dtype=None
                          ) -> tuple[jax.Array, PyTree, dict]:
   """Token-mean loss and gradient over all micro-batches, divided once.
 
@@ -103,24 +109,38 @@ def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, di
   For the DAPO loss, call rl.dapo.dapo_loss with num_tokens=1.0 inside loss_fn (a pure sum) and
   report the micro-batch's mask sum as aux["num_tokens"]. Under jit over a data-parallel mesh the
   sums already span all devices, so the one division is by the global count.
+
+  compute_dtype: differentiate at params cast once to this dtype (the model casts every weight
+  to its compute dtype before use anyway, so the forward values are the same): one cast a step
+  instead of one per use and per rematerialisation, and bf16 weight gradients that are widened
+  to f32 once, in the accumulation (1.5B SFT step on an H200: see benchmarks/RESULTS.md).
+  Accumulation over micro-batches stays f32.
   """
   value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+  at = params if compute_dtype is None else cast_floating(params, compute_dtype)
+  f32 = lambda tree: jax.tree.map(lambda g: g.astype(jnp.float32), tree)
 
   def body(carry, batch):
     loss_acc, grad_acc, aux_acc = carry
-    (loss, aux), grads = value_and_grad(params, batch)
+    (loss, aux), grads = value_and_grad(at, batch)
     grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
     aux_acc = {k: aux_acc[k] + jnp.asarray(v, jnp.float32) for k, v in aux.items()}
     return (loss_acc + loss.astype(jnp.float32), grad_acc, aux_acc), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
   first = jax.tree.map(lambda x: x[0], micro_batches)
-  aux_shape = jax.eval_shape(lambda p, b: loss_fn(p, b)[1], params, first)
+  aux_shape = jax.eval_shape(lambda p, b: loss_fn(p, b)[1], at, first)
   if not isinstance(aux_shape, dict) or "num_tokens" not in aux_shape:
     raise ValueError("accumulate_gradients: loss_fn must return (sum_loss, aux) with aux a dict "
                      f"containing 'num_tokens'; got aux {aux_shape}")
-  aux0 = {k: jnp.zeros((), jnp.float32) for k in aux_shape}
-  (loss_sum, grad_sum, aux_sum), _ = jax.lax.scan(
-      body, (jnp.zeros((), jnp.float32), zeros, aux0), micro_batches)
+  if jax.tree.leaves(micro_batches)[0].shape[0] == 1:
+    # One micro-batch: no f32 zero accumulator to write and add to (a params-sized pass each).
+    (loss, aux), grads = value_and_grad(at, first)
+    loss_sum, grad_sum = loss.astype(jnp.float32), f32(grads)
+    aux_sum = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()}
+  else:
+    zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+    aux0 = {k: jnp.zeros((), jnp.float32) for k in aux_shape}
+    (loss_sum, grad_sum, aux_sum), _ = jax.lax.scan(
+        body, (jnp.zeros((), jnp.float32), zeros, aux0), micro_batches)
   denom = jnp.maximum(aux_sum["num_tokens"], 1.0)
   return loss_sum / denom, jax.tree.map(lambda g: g / denom, grad_sum), aux_sum

@@ -169,15 +169,19 @@ def setup(cfg: TrainConfig, model_cfg: Qwen2Config, loss_fn: LossFn, devices=Non
   tx, schedule = optim.make_optimizer(cfg.optim), optim.make_schedule(cfg.optim)
   state, mgr, data_state = init_or_restore(cfg, model_cfg, tx, mesh, param_sh)
   state_sh = state_shardings(tx, jax.eval_shape(lambda: state.params), param_sh, mesh)
-  step_fn = make_train_step(loss_fn, tx, cfg.micro_batches, state_sh, batch_sh, schedule)
+  step_fn = make_train_step(loss_fn, tx, cfg.micro_batches, state_sh, batch_sh, schedule,
+                            compute_dtype=DTYPES[cfg.compute_dtype])
   return Run(mesh, param_sh, batch_sh, state, mgr, data_state, step_fn)
 
 
 # ------------------------------------------------------------------------------ the update step
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, micro_batches: int,
                     state_sh: TrainState, batch_sh: Any,
-                    schedule: optax.Schedule | None = None) -> Callable:
+                    schedule: optax.Schedule | None = None, compute_dtype=None) -> Callable:
   """-> jitted, state-donating `step(state, batch) -> (state, metrics)`.
+
+  compute_dtype: gradients are taken at the params cast once to it (optim.accumulate_gradients);
+  the optimizer still updates the params in their own (f32) dtype.
 
   `batch` leaves are [micro_batches, rows, ...] (see `to_global_batch`). Metrics (f32 scalars):
   loss (token-mean over the whole batch), grad_norm (before clipping), num_tokens, learning_rate
@@ -192,7 +196,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, micro_bat
     first = jax.tree.leaves(batch)[0]
     if first.shape[0] != micro_batches:
       raise ValueError(f"batch has {first.shape[0]} micro-batches, step built for {micro_batches}")
-    loss, grads, aux = optim.accumulate_gradients(micro_loss, state.params, batch)
+    loss, grads, aux = optim.accumulate_gradients(micro_loss, state.params, batch, compute_dtype)
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

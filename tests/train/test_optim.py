@@ -117,3 +117,33 @@ def test_accumulation_equals_big_batch_and_differs_from_mean_of_means():
 def test_accumulation_requires_num_tokens():
   with pytest.raises(ValueError, match="num_tokens"):
     optim.accumulate_gradients(lambda p, b: (jnp.sum(p * b), {}), jnp.ones(2), jnp.ones((2, 2)))
+
+
+def test_one_micro_batch_and_the_compute_dtype_copy():
+  """One micro-batch takes the no-scan path (same result as the big-batch gradient); with
+  compute_dtype the gradient is taken at the params cast once: the same as casting inside the
+  loss (what the model does with f32 params), returned in f32."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(1, 4, 5, 3)).astype(np.float32)
+  batch = {"x": x, "y": rng.normal(size=(1, 4, 5)).astype(np.float32),
+           "mask": np.ones((1, 4, 5), np.float32)}
+  params = {"w": jnp.asarray(rng.normal(size=(3,)), jnp.float32), "b": jnp.float32(0.3)}
+
+  def cast_inside(p, mb):                               # f32 params, bf16 compute, f32 loss
+    q = {"w": p["w"].astype(jnp.bfloat16), "b": p["b"].astype(jnp.bfloat16)}
+    pred = (mb["x"].astype(jnp.bfloat16) @ q["w"] + q["b"]).astype(jnp.float32)
+    err = (pred - mb["y"]) ** 2 * mb["mask"]
+    return jnp.sum(err), {"num_tokens": jnp.sum(mb["mask"])}
+
+  acc = jax.jit(optim.accumulate_gradients, static_argnums=(0, 3))
+  loss, grads, _ = acc(_loss_fn, params, batch, None)
+  want_loss, want = jax.value_and_grad(lambda p: _loss_fn(p, jax.tree.map(lambda a: a[0], batch))[0]
+                                       / 20.0)(params)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  np.testing.assert_allclose(grads["w"], want["w"], rtol=1e-5)
+  l32, g32, _ = acc(cast_inside, params, batch, None)
+  l16, g16, _ = acc(cast_inside, params, batch, jnp.bfloat16)
+  assert g16["w"].dtype == g16["b"].dtype == jnp.float32
+  np.testing.assert_allclose(l16, l32, rtol=1e-6)
+  np.testing.assert_allclose(g16["w"], g32["w"], rtol=1e-2)
+  np.testing.assert_allclose(g16["b"], g32["b"], rtol=1e-2)
