@@ -136,7 +136,9 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   decode loop made XLA copy every layer's weights on every step — measured as ~40% of a 1.5B
   decode step on an H100), cast to `dtype`, with q/k/v fused into one [D, (H+2K)*Dh] matmul and
   gate/up into one [D, 2F] matmul (fewer, larger kernels per step). `apply(scan_layers=False)`
-  accepts this form; the result is numerically the same model.
+  accepts this form; the result is numerically the same model. Training uses the "xla" form too
+  (`apply(fused_projections=True)`): it is differentiable, and its gradients flow back to the
+  stacked params through one split and the concatenations.
 
   linear_impl="xla_folded": the input / post-attention norm gains multiply the rows of qkv /
   gate_up (in f32, before the cast) and leave the layer dicts; `_qkv` / `_out_mlp` then scale
@@ -154,8 +156,8 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   out = {k: c(v) for k, v in params.items() if k != "layers"}
   layers = []
   fold = linear_impl == "xla_folded"
-  for i in range(cfg.num_layers):
-    raw = {k: v[i] for k, v in params["layers"].items()}
+  for raw in _unstacked_layers(params, cfg.num_layers):
+    raw = dict(raw)
     qkv = jnp.concatenate([raw.pop(k).reshape(D, -1) for k in ("q", "k", "v")], axis=1)
     gate_up = jnp.concatenate([raw.pop("gate"), raw.pop("up")], axis=1)
     if fold:                                   # [D, out] rows scaled by the norm gain [D]
@@ -301,14 +303,22 @@ def _unstacked_layers(params: Params, num_layers: int) -> list:
 def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Array | None = None,
           segment_ids: jax.Array | None = None, cache: dict | None = None, *,
           attn_impl: str = "xla", compute_dtype=jnp.bfloat16, remat: str = "none",
-          scan_layers: bool = True, return_hidden: bool = False):
+          scan_layers: bool = True, return_hidden: bool = False, fused_projections: bool = False):
   """Forward pass. tokens/positions/segment_ids [B, T] int32; segment id 0 marks padding.
 
   Without `cache`: full (optionally packed) forward; positions default to 0..T-1.
   With `cache` (see kv_cache.py): new tokens are appended per row at cache["end"].
   Returns (logits [B, T, V] float32 — or final hidden [B, T, D] if return_hidden —, new cache).
+  fused_projections: run the layers in decode_layout's "xla" form (one q/k/v and one gate/up
+  product a layer, built from the stacked params inside the step; needs scan_layers=False) —
+  fewer, larger gemms in training, and no adds of the separate products' input gradients.
   """
   b, t = tokens.shape
+  if fused_projections:
+    if scan_layers:
+      raise ValueError("fused_projections=True needs scan_layers=False")
+    if not isinstance(params["layers"], (list, tuple)):
+      params = decode_layout(params, cfg, compute_dtype)
   if positions is None:
     base = 0 if cache is None else cache["end"][:, None]
     positions = base + jnp.arange(t, dtype=jnp.int32)[None, :]
