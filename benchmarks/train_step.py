@@ -71,8 +71,6 @@ _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh over all lo
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed steps.")
 _JSON = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "lax.scan over layers (trainer and DAPO sampler).")
-_FUSED = flags.DEFINE_bool("fused_projections", False, "One q/k/v and one gate/up product a layer "
-                           "in training (needs --noscan_layers).")
 # DAPO step
 _PROMPTS = flags.DEFINE_integer("prompts_per_step", 8, "DAPO: prompts (groups) per step.")
 _GROUP = flags.DEFINE_integer("group_size", 8, "DAPO: rollouts per prompt.")
@@ -124,7 +122,7 @@ def bench_model(name: str) -> list[dict]:
       "", model=name, batch_size=_BATCH.value, seq_len=_SEQ.value, micro_batches=_MICRO.value,
       attn_impl=_attn_impl(), remat=_REMAT.value, loss_impl=_LOSS.value, scan_layers=_SCAN.value,
       token_chunk=_TOKEN_CHUNK.value, vocab_chunk=_VOCAB_CHUNK.value, accuracy=_ACCURACY.value,
-      logits_dtype=_LOGITS_DTYPE.value, fused_projections=_FUSED.value,
+      logits_dtype=_LOGITS_DTYPE.value,
       param_dtype=_PARAM_DTYPE.value, compute_dtype="bfloat16", mesh=_MESH.value,
       learning_rate=1e-5, warmup_steps=0, steps=1000, pack_window=64 if _PACKED.value else 1)
   n_dev = len(jax.devices())

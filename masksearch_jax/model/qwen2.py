@@ -136,9 +136,8 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   decode loop made XLA copy every layer's weights on every step — measured as ~40% of a 1.5B
   decode step on an H100), cast to `dtype`, with q/k/v fused into one [D, (H+2K)*Dh] matmul and
   gate/up into one [D, 2F] matmul (fewer, larger kernels per step). `apply(scan_layers=False)`
-  accepts this form; the result is numerically the same model. Training uses the "xla" form too
-  (`apply(fused_projections=True)`): it is differentiable, and its gradients flow back to the
-  stacked params through one split and the concatenations.
+  accepts this form; the result is numerically the same model. (Training in this form was
+  measured slower: 1.5B SFT step on an H200, 51.8% vs 53.5% MFU; benchmarks/RESULTS.md.)
 
   linear_impl="xla_folded": the input / post-attention norm gains multiply the rows of qkv /
   gate_up (in f32, before the cast) and leave the layer dicts; `_qkv` / `_out_mlp` then scale
@@ -303,22 +302,14 @@ def _unstacked_layers(params: Params, num_layers: int) -> list:
 def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Array | None = None,
           segment_ids: jax.Array | None = None, cache: dict | None = None, *,
           attn_impl: str = "xla", compute_dtype=jnp.bfloat16, remat: str = "none",
-          scan_layers: bool = True, return_hidden: bool = False, fused_projections: bool = False):
+          scan_layers: bool = True, return_hidden: bool = False):
   """Forward pass. tokens/positions/segment_ids [B, T] int32; segment id 0 marks padding.
 
   Without `cache`: full (optionally packed) forward; positions default to 0..T-1.
   With `cache` (see kv_cache.py): new tokens are appended per row at cache["end"].
   Returns (logits [B, T, V] float32 — or final hidden [B, T, D] if return_hidden —, new cache).
-  fused_projections: run the layers in decode_layout's "xla" form (one q/k/v and one gate/up
-  product a layer, built from the stacked params inside the step; needs scan_layers=False) —
-  fewer, larger gemms in training, and no adds of the separate products' input gradients.
   """
   b, t = tokens.shape
-  if fused_projections:
-    if scan_layers:
-      raise ValueError("fused_projections=True needs scan_layers=False")
-    if not isinstance(params["layers"], (list, tuple)):
-      params = decode_layout(params, cfg, compute_dtype)
   if positions is None:
     base = 0 if cache is None else cache["end"][:, None]
     positions = base + jnp.arange(t, dtype=jnp.int32)[None, :]

@@ -43,8 +43,9 @@ class TrainConfig:
   compute_dtype: str = "bfloat16"      # matmuls
   attn_impl: str = "xla"               # xla | jax | cudnn
   remat: str = "none"                  # qwen2.REMAT_POLICIES: none | full | dots | dots_no_batch | dots_attn[_norm|_acts]
-  scan_layers: bool = True            # lax.scan over layers (fast compiles) or unrolled
-  fused_projections: bool = False      # one q/k/v and one gate/up product a layer (unrolled only)
+  scan_layers: bool = True            # lax.scan over layers (fast compiles) or unrolled (no copies
+                                      # of saved residuals into stacked buffers: 1.5B SFT on an H200
+                                      # 51.0% -> 53.2% MFU; the gpu1 slice sets False)
   # ---- parallelism and batch
   mesh: str = "data=1,fsdp=-1,tensor=1"  # axis sizes over all devices; one -1 fills the rest
   batch_size: int = 8                  # global rows per update (all hosts, all micro-batches)
@@ -341,8 +342,6 @@ def validate(cfg: TrainConfig, num_devices: int | None = None) -> None:
     errors.append(f"curriculum={cfg.curriculum!r} needs curriculum_stages")
   if cfg.loss_impl not in LOSS_IMPLS:
     errors.append(f"loss_impl={cfg.loss_impl!r} ({' | '.join(LOSS_IMPLS)})")
-  if cfg.fused_projections and cfg.scan_layers:
-    errors.append("fused_projections=True needs scan_layers=False")
   if cfg.logits_dtype not in ("float32", "bfloat16"):
     errors.append(f"logits_dtype={cfg.logits_dtype!r} (float32 | bfloat16)")
   elif cfg.logits_dtype != "float32" and cfg.loss_impl != "fused":

@@ -1,6 +1,5 @@
 """Our Flax Qwen2 against transformers.Qwen2ForCausalLM on the same random weights (float32)."""
 import contextlib
-import functools
 import io
 
 import jax
@@ -140,35 +139,14 @@ def test_unrolled_backward_concatenates_layer_gradients_once():
   for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_unrolled)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
   stacked = {tuple(x.shape) for x in jax.tree.leaves(params["layers"])}
-  for kw in ({}, {"fused_projections": True}):
-    jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(p, scan_layers=False, **kw)))(params).jaxpr
-    big = [e.primitive.name for e in jaxpr.eqns
-           if e.primitive.name in ("pad", "add_any", "dynamic_update_slice", "scatter-add")
-           and any(tuple(v.aval.shape) in stacked for v in e.outvars)]
-    assert not big, (kw, big)
-    joins = [e for e in jaxpr.eqns if e.primitive.name == "concatenate"
-             and tuple(e.outvars[0].aval.shape) in stacked]
-    assert len(joins) == len(jax.tree.leaves(params["layers"])), kw
-
-
-def test_fused_projections_train_like_the_separate_ones():
-  """apply(fused_projections=True): one q/k/v and one gate/up product a layer (decode_layout's
-  form, built inside the differentiated function) — same logits and parameter gradients."""
-  cfg = CONFIGS["tied_gqa"]
-  params = qwen2.init_params(cfg, jax.random.PRNGKey(3), jnp.float32, std=0.1)
-  tokens = jnp.asarray(np.random.default_rng(6).integers(0, cfg.vocab_size, (2, 9)))
-  loss = lambda p, **kw: jnp.mean(qwen2.apply(p, cfg, tokens, compute_dtype=jnp.float32,
-                                              scan_layers=False, **kw)[0] ** 2)
-  (l0, g0), (l1, g1) = (jax.value_and_grad(functools.partial(loss, **kw))(params)
-                        for kw in ({}, {"fused_projections": True, "remat": "dots_attn"}))
-  np.testing.assert_allclose(l1, l0, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6)
-  n_dots = lambda **kw: sum(e.primitive.name == "dot_general" for e in
-                            jax.make_jaxpr(functools.partial(loss, **kw))(params).eqns)
-  assert n_dots() - n_dots(fused_projections=True) == 3 * cfg.num_layers   # q,k,v,gate,up -> 2
-  with pytest.raises(ValueError, match="needs scan_layers=False"):
-    qwen2.apply(params, cfg, tokens, fused_projections=True)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: loss(p, scan_layers=False)))(params).jaxpr
+  big = [e.primitive.name for e in jaxpr.eqns
+         if e.primitive.name in ("pad", "add_any", "dynamic_update_slice", "scatter-add")
+         and any(tuple(v.aval.shape) in stacked for v in e.outvars)]
+  assert not big, big
+  joins = [e for e in jaxpr.eqns if e.primitive.name == "concatenate"
+           and tuple(e.outvars[0].aval.shape) in stacked]
+  assert len(joins) == len(jax.tree.leaves(params["layers"]))
 
 
 def test_dots_attn_policy_saves_the_fused_attention_forward():

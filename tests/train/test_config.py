@@ -83,8 +83,6 @@ def test_validation_names_the_fields():
     config_lib.validate(TrainConfig(model="0.5b", mesh="data=1,fsdp=1,tensor=8"), 8)
   with pytest.raises(ValueError, match="mesh='data=3'"):
     config_lib.validate(TrainConfig(mesh="data=3"), 8)
-  with pytest.raises(ValueError, match="fused_projections=True needs scan_layers=False"):
-    config_lib.validate(TrainConfig(fused_projections=True), 8)
   with pytest.raises(ValueError, match="logits_dtype='float16'"):
     config_lib.validate(TrainConfig(logits_dtype="float16"), 8)
   with pytest.raises(ValueError, match="logits_dtype='bfloat16' needs loss_impl='fused'"):
