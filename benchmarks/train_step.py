@@ -6,6 +6,9 @@ into rollout, reward and update.
   python benchmarks/train_step.py --models=tiny --batch=2 --seq=64 --iters=2 --prompt_len=16 \
       --new_tokens=96 --obs_tokens=16 --group_size=2 --prompts_per_step=2 --micro_batches_rl=2
                                                           # CPU smoke test (~30 s on 2 cores)
+  python benchmarks/train_step.py --models=1.5b --modes=sft --nopacked --noscan_layers \
+      --sft_variants=remat=dots_attn_acts/batch_size=16,remat=dots_attn/batch_size=24 \
+      --variant_rounds=2                                  # A B A B in one process, one machine
 
 SFT rows per model (--modes=sft):
   fwd+bwd   jit(value_and_grad) of the SFT loss (what benchmarks/forward.py measures)
@@ -28,6 +31,7 @@ Any row that fails (out of memory, a missing kernel) prints as FAILED; the other
 from __future__ import annotations
 
 import functools
+import gc
 import platform
 import statistics
 import sys
@@ -71,6 +75,13 @@ _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh over all lo
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed steps.")
 _JSON = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "lax.scan over layers (trainer and DAPO sampler).")
+_VARIANTS = flags.DEFINE_list(
+    "sft_variants", [], "SFT configurations timed one after another in this process, each "
+    "'field=value/field=value' (TrainConfig names) over the flags, e.g. "
+    "remat=dots_attn_acts/batch_size=16,remat=dots_attn/batch_size=24: rows of one process "
+    "compare on one machine (lent H200s differed by ~1 point of MFU for the same step).")
+_ROUNDS = flags.DEFINE_integer("variant_rounds", 1, "Time --sft_variants this many times, "
+                               "interleaved (A B A B), so that drift shows.")
 # DAPO step
 _PROMPTS = flags.DEFINE_integer("prompts_per_step", 8, "DAPO: prompts (groups) per step.")
 _GROUP = flags.DEFINE_integer("group_size", 8, "DAPO: rollouts per prompt.")
@@ -117,14 +128,27 @@ def _attn_impl() -> str:
   return "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
-def bench_model(name: str) -> list[dict]:
-  cfg = config_lib.load_config(
-      "", model=name, batch_size=_BATCH.value, seq_len=_SEQ.value, micro_batches=_MICRO.value,
+def parse_variant(spec: str) -> dict[str, str]:
+  """'remat=dots_attn/batch_size=16' -> {"remat": "dots_attn", "batch_size": "16"}."""
+  out = {}
+  for item in filter(None, spec.split("/")):
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise app.UsageError(f"--sft_variants: {item!r} in {spec!r} is not field=value")
+    out[key.strip()] = value.strip()
+  return out
+
+
+def bench_model(name: str, variant: str = "") -> list[dict]:
+  overrides = parse_variant(variant)
+  kw = dict(
+      model=name, batch_size=_BATCH.value, seq_len=_SEQ.value, micro_batches=_MICRO.value,
       attn_impl=_attn_impl(), remat=_REMAT.value, loss_impl=_LOSS.value, scan_layers=_SCAN.value,
       token_chunk=_TOKEN_CHUNK.value, vocab_chunk=_VOCAB_CHUNK.value, accuracy=_ACCURACY.value,
       logits_dtype=_LOGITS_DTYPE.value,
       param_dtype=_PARAM_DTYPE.value, compute_dtype="bfloat16", mesh=_MESH.value,
       learning_rate=1e-5, warmup_steps=0, steps=1000, pack_window=64 if _PACKED.value else 1)
+  cfg = config_lib.load_config("", **{**kw, **overrides})
   n_dev = len(jax.devices())
   config_lib.validate(cfg, n_dev)
   mcfg = config_lib.model_config(cfg)
@@ -168,6 +192,8 @@ def bench_model(name: str) -> list[dict]:
   if not np.isfinite(m["loss"]):
     raise FloatingPointError(f"{name}: non-finite loss {m['loss']}")
   rows.append(_row(name, "sft step", cfg, mcfg, sec, n_dev))
+  for r in rows:
+    r["variant"] = variant or "-"
   return rows
 
 
@@ -188,7 +214,7 @@ def _failed(name: str, kind: str, e: Exception, col: str) -> dict:
 
 
 SFT_COLS = ["model", "kind", "batch", "seq", "micro", "attn", "remat", "loss", "step_s",
-            "tokens_per_s", "tflops", "mfu", "peak_mem_gb"]
+            "tokens_per_s", "tflops", "mfu", "peak_mem_gb", "variant"]
 DAPO_COLS = ["model", "rollouts", "seq", "turns", "mini", "micro", "rollout_s", "reward_s",
              "other_s", "update_s", "total_s", "rollout%", "reward%", "other%", "update%",
              "rollout_tok_s", "update_tok_s", "update_tflops", "update_mfu", "peak_mem_gb"]
@@ -209,11 +235,16 @@ def main(argv):
   rows, dapo_rows = [], []
   for name in _MODELS.value:
     if "sft" in _MODES.value:
-      try:
-        rows += bench_model(name)
-      except Exception as e:  # OOM or a backend without the kernel: report the row, go on
-        rows.append(_failed(name, "sft", e, "step_s"))
-      print(rows[-1], flush=True)
+      for variant in (_VARIANTS.value or [""]) * max(_ROUNDS.value, 1):
+        try:
+          rows += bench_model(name, variant)
+        except app.UsageError:
+          raise
+        except Exception as e:  # OOM or a backend without the kernel: report the row, go on
+          rows.append({**_failed(name, "sft", e, "step_s"), "variant": variant or "-"})
+        print(rows[-1], flush=True)
+        gc.collect()
+        jax.clear_caches()                        # the next variant's buffers start from empty
     if "dapo" in _MODES.value:
       try:
         dapo_rows.append(bench_dapo(name))
