@@ -1,4 +1,5 @@
 """Schedules, decay mask, clipping and exact gradient accumulation, against hand-worked values."""
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +29,8 @@ def test_config_errors_name_fields():
     optim.OptimConfig(schedule="linear", learning_rate=0)
   with pytest.raises(ValueError, match="total_steps=5 must exceed warmup_steps=5"):
     optim.OptimConfig(warmup_steps=5, total_steps=5)
+  with pytest.raises(ValueError, match="mu_dtype='float16'"):
+    optim.OptimConfig(mu_dtype="float16")
 
 
 PARAMS = {
@@ -64,6 +67,23 @@ def test_adamw_update_hand_worked():
   np.testing.assert_allclose(new["embed"], 1 - 0.05 * 0.5)
   np.testing.assert_allclose(new["layers_0"]["attn"]["q"]["bias"], 1.0)
   np.testing.assert_allclose(new["final_norm"], 1.0)
+
+
+def test_bf16_first_moment():
+  """mu_dtype=bfloat16: Adam's first moment is stored in bf16 (the second stays f32) and the
+  step matches the f32-moment step up to bf16 rounding of the moment."""
+  cfg = optim.OptimConfig(learning_rate=0.1, total_steps=10, weight_decay=0.0)
+  g = jax.tree.map(lambda p: 0.37 * jnp.ones_like(p), PARAMS)
+  out = {}
+  for dt in ("float32", "bfloat16"):
+    tx = optim.make_optimizer(dataclasses.replace(cfg, mu_dtype=dt))
+    state = tx.init(PARAMS)
+    for _ in range(3):
+      updates, state = tx.update(g, state, PARAMS)
+    out[dt] = (updates, {str(x.dtype) for x in jax.tree.leaves(state) if jnp.ndim(x) >= 1})
+  assert out["bfloat16"][1] == {"bfloat16", "float32"} and out["float32"][1] == {"float32"}
+  for a, b in zip(jax.tree.leaves(out["bfloat16"][0]), jax.tree.leaves(out["float32"][0])):
+    np.testing.assert_allclose(a, b, rtol=1e-2)
 
 
 def test_global_norm_clipping():
