@@ -87,6 +87,8 @@ class TrainConfig:
   logits_dtype: str = "float32"        # fused: what the unembedding product stores (float32 |
                                        # bfloat16: f32 softmax over bf16-rounded logits, as
                                        # transformers and MaxText train; fewer bytes per pass)
+  loss_lse_impl: str = "xla"           # fused: log-sum-exp + argmax by xla | pallas (one read of
+                                       # the logits, train/lse_kernel.py; not yet measured)
   vocab_chunk: int = 0                 # chunked: vocab per chunk, 0 = all (fastest measured on H100)
   accuracy: bool = True                # next-token accuracy on loss tokens (fused: free; chunked:
                                        # one extra forward matmul)
@@ -342,6 +344,11 @@ def validate(cfg: TrainConfig, num_devices: int | None = None) -> None:
     errors.append(f"curriculum={cfg.curriculum!r} needs curriculum_stages")
   if cfg.loss_impl not in LOSS_IMPLS:
     errors.append(f"loss_impl={cfg.loss_impl!r} ({' | '.join(LOSS_IMPLS)})")
+  if cfg.loss_lse_impl not in ("xla", "pallas"):
+    errors.append(f"loss_lse_impl={cfg.loss_lse_impl!r} (xla | pallas)")
+  elif cfg.loss_lse_impl == "pallas" and (cfg.loss_impl != "fused" or (num_devices or 1) > 1):
+    errors.append(f"loss_lse_impl='pallas' needs loss_impl='fused' and one device (the kernel "
+                  f"is not partitioned; got loss_impl={cfg.loss_impl!r}, {num_devices} devices)")
   if cfg.logits_dtype not in ("float32", "bfloat16"):
     errors.append(f"logits_dtype={cfg.logits_dtype!r} (float32 | bfloat16)")
   elif cfg.logits_dtype != "float32" and cfg.loss_impl != "fused":

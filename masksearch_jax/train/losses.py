@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from masksearch_jax.model.matmul import einsum_f32_out
+from masksearch_jax.train import lse_kernel
 
 __all__ = ["token_logprobs", "masked_cross_entropy", "chunked_token_logprobs",
            "chunked_cross_entropy", "fused_cross_entropy", "map_token_chunks"]
@@ -135,7 +136,8 @@ def chunked_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: ja
   return -jnp.sum(logp * mask), jnp.sum(mask)
 
 
-def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, logits_dtype, with_grads):
+def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, logits_dtype, lse_impl,
+                   with_grads):
   """Chunk by chunk: (sum w * -log p, sum w * [argmax == target]) and, with_grads, the
   gradients of the first sum w.r.t. hidden [B, T, D] and unembedding [V, D]."""
   b, t, d = hidden.shape
@@ -149,13 +151,16 @@ def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, logits_dt
     x, tgt, w = (a.reshape(b * per_row, *a.shape[2:]) for a in xtw)             # [n, D], [n]
     logits = jnp.einsum("nd,vd->nv", x, unembedding,
                         preferred_element_type=logits_dtype)                    # [n, V]
-    # Read as f32 by each pass (the convert fuses into it); stored as logits_dtype.
-    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)                 # [n]
+    if lse_impl == "pallas" and lse_kernel.available() and lse_kernel.supported(*logits.shape):
+      lse, top = lse_kernel.lse_argmax(logits)                                  # one read
+    else:   # read as f32 by each pass (the convert fuses into it); stored as logits_dtype
+      lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)               # [n]
+      top = jnp.argmax(logits, axis=-1)
     is_tgt = jnp.arange(vocab)[None, :] == tgt[:, None]                         # [n, V]
     # A gather, not a pass over [n, V]; clipped so a masked-out target id of -1 stays finite.
     tgt_logit = jnp.take_along_axis(logits, tgt[:, None], axis=-1, mode="clip")[:, 0]
     loss = loss + jnp.sum(w * (lse - tgt_logit.astype(jnp.float32)))
-    correct = correct + jnp.sum(w * (jnp.argmax(logits, axis=-1) == tgt))
+    correct = correct + jnp.sum(w * (top == tgt))
     if not with_grads:
       return (loss, correct, dw), None
     # d(sum w * -log p)/d logits = w * (softmax - onehot), in the activations' dtype for the
@@ -175,21 +180,21 @@ def _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk, logits_dt
   return loss, correct, dx, dw.astype(unembedding.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused_ce(hidden, unembedding, targets, weights, token_chunk, logits_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _fused_ce(hidden, unembedding, targets, weights, token_chunk, logits_dtype, lse_impl):
   loss, correct, _, _ = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk,
-                                       logits_dtype, False)
+                                       logits_dtype, lse_impl, False)
   return loss, correct
 
 
-def _fused_ce_fwd(hidden, unembedding, targets, weights, token_chunk, logits_dtype):
+def _fused_ce_fwd(hidden, unembedding, targets, weights, token_chunk, logits_dtype, lse_impl):
   loss, correct, dx, dw = _fused_ce_sums(hidden, unembedding, targets, weights, token_chunk,
-                                         logits_dtype, True)
+                                         logits_dtype, lse_impl, True)
   return (loss, correct), (dx, dw)
 
 
-def _fused_ce_bwd(token_chunk, logits_dtype, res, cts):
-  del token_chunk, logits_dtype
+def _fused_ce_bwd(token_chunk, logits_dtype, lse_impl, res, cts):
+  del token_chunk, logits_dtype, lse_impl
   dx, dw = res
   ct = cts[0]                                      # the correct count carries no gradient
   return ((dx * ct).astype(dx.dtype), (dw * ct).astype(dw.dtype), None, None)
@@ -200,7 +205,8 @@ _fused_ce.defvjp(_fused_ce_fwd, _fused_ce_bwd)
 
 def fused_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array,
                         loss_mask: jax.Array, *, token_chunk: int = 4096,
-                        logits_dtype=jnp.float32) -> tuple[jax.Array, jax.Array, jax.Array]:
+                        logits_dtype=jnp.float32, lse_impl: str = "xla"
+                        ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(sum loss, num loss tokens, weighted count of argmax == target) from hidden states.
 
   Under differentiation the gradient is computed inside the forward pass, one token chunk at a
@@ -214,11 +220,15 @@ def fused_cross_entropy(hidden: jax.Array, unembedding: jax.Array, targets: jax.
   loss and gradient are computed in f32). bfloat16 halves the traffic of the three passes over
   [tokens, vocab] that follow the product, at bf16 rounding of each logit — what `transformers`
   (a bf16 lm_head) and MaxText (logits_dot_in_fp32=False) train with by default.
+  lse_impl: "xla" (logsumexp + argmax) or "pallas" (train/lse_kernel.py: one read of the logits
+  for both; GPUs, and interpret mode on CPU; shapes it does not take fall back to XLA).
   """
+  if lse_impl not in ("xla", "pallas"):
+    raise ValueError(f"fused_cross_entropy: lse_impl={lse_impl!r} (xla | pallas)")
   d = hidden.shape[-1]
   if unembedding.ndim != 2 or unembedding.shape[1] != d:
     raise ValueError(f"fused_cross_entropy: unembedding shape {unembedding.shape} is not "
                      f"[vocab, d_model={d}]")
   loss, correct = _fused_ce(hidden, unembedding, targets, loss_mask.astype(jnp.float32),
-                            token_chunk, jnp.dtype(logits_dtype))
+                            token_chunk, jnp.dtype(logits_dtype), lse_impl)
   return loss, jnp.sum(loss_mask.astype(jnp.float32)), jax.lax.stop_gradient(correct)

@@ -125,7 +125,7 @@ def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
       if cfg.loss_impl == "fused":
         total, count, correct = losses.fused_cross_entropy(
             h, unemb, targets, weights, token_chunk=cfg.token_chunk,
-            logits_dtype=jnp.dtype(cfg.logits_dtype))
+            logits_dtype=jnp.dtype(cfg.logits_dtype), lse_impl=cfg.loss_lse_impl)
         if cfg.accuracy:
           aux["accuracy"] = correct                # from the same logits: no extra product
       else:

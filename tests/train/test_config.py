@@ -83,6 +83,9 @@ def test_validation_names_the_fields():
     config_lib.validate(TrainConfig(model="0.5b", mesh="data=1,fsdp=1,tensor=8"), 8)
   with pytest.raises(ValueError, match="mesh='data=3'"):
     config_lib.validate(TrainConfig(mesh="data=3"), 8)
+  with pytest.raises(ValueError, match="loss_lse_impl='pallas' needs loss_impl='fused' and one"):
+    config_lib.validate(TrainConfig(loss_lse_impl="pallas"), 8)
+  config_lib.validate(TrainConfig(loss_lse_impl="pallas", mesh="data=1,fsdp=1,tensor=1"), 1)
   with pytest.raises(ValueError, match="logits_dtype='float16'"):
     config_lib.validate(TrainConfig(logits_dtype="float16"), 8)
   with pytest.raises(ValueError, match="logits_dtype='bfloat16' needs loss_impl='fused'"):
