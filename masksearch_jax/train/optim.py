@@ -35,8 +35,9 @@ class OptimConfig:
   weight_decay: float = 0.01        # decoupled (AdamW), only where decay_mask is True
   max_grad_norm: float | None = 1.0  # None: no clipping
   no_decay: tuple[str, ...] = ("norm", "bias", "scale")  # path substrings exempt from decay
-  mu_dtype: str = "float32"         # Adam's first moment: float32 | bfloat16 (as MaxText's
-                                    # mu_dtype: 2 bytes a parameter less to read and write a step)
+  mu_dtype: str = "auto"            # Adam's first moment: auto (the params' dtype) | float32 |
+                                    # bfloat16 (as MaxText's mu_dtype: with f32 params, 2 bytes a
+                                    # parameter less to read and write a step)
 
   def __post_init__(self):
     problems = []
@@ -51,8 +52,8 @@ class OptimConfig:
                       f"{self.warmup_steps} for a cosine schedule")
     if not 0 <= self.min_lr_ratio <= 1:
       problems.append(f"min_lr_ratio={self.min_lr_ratio} (must be in [0, 1])")
-    if self.mu_dtype not in ("float32", "bfloat16"):
-      problems.append(f"mu_dtype={self.mu_dtype!r} (float32 | bfloat16)")
+    if self.mu_dtype not in ("auto", "float32", "bfloat16"):
+      problems.append(f"mu_dtype={self.mu_dtype!r} (auto | float32 | bfloat16)")
     if self.max_grad_norm is not None and self.max_grad_norm <= 0:
       problems.append(f"max_grad_norm={self.max_grad_norm} (must be > 0 or None)")
     if problems:
@@ -88,7 +89,8 @@ def decay_mask(params: PyTree, no_decay: tuple[str, ...] = OptimConfig.no_decay)
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   """clip_by_global_norm -> AdamW(schedule, masked decoupled weight decay)."""
   adamw = optax.adamw(make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                      weight_decay=cfg.weight_decay, mu_dtype=jnp.dtype(cfg.mu_dtype),
+                      weight_decay=cfg.weight_decay,
+                      mu_dtype=None if cfg.mu_dtype == "auto" else jnp.dtype(cfg.mu_dtype),
                       mask=lambda p: decay_mask(p, cfg.no_decay))
   if cfg.max_grad_norm is None:
     return adamw

@@ -75,14 +75,14 @@ def test_bf16_first_moment():
   cfg = optim.OptimConfig(learning_rate=0.1, total_steps=10, weight_decay=0.0)
   g = jax.tree.map(lambda p: 0.37 * jnp.ones_like(p), PARAMS)
   out = {}
-  for dt in ("float32", "bfloat16"):
+  for dt in ("auto", "bfloat16"):                    # auto: the params' dtype (f32 here)
     tx = optim.make_optimizer(dataclasses.replace(cfg, mu_dtype=dt))
     state = tx.init(PARAMS)
     for _ in range(3):
       updates, state = tx.update(g, state, PARAMS)
     out[dt] = (updates, {str(x.dtype) for x in jax.tree.leaves(state) if jnp.ndim(x) >= 1})
-  assert out["bfloat16"][1] == {"bfloat16", "float32"} and out["float32"][1] == {"float32"}
-  for a, b in zip(jax.tree.leaves(out["bfloat16"][0]), jax.tree.leaves(out["float32"][0])):
+  assert out["bfloat16"][1] == {"bfloat16", "float32"} and out["auto"][1] == {"float32"}
+  for a, b in zip(jax.tree.leaves(out["bfloat16"][0]), jax.tree.leaves(out["auto"][0])):
     np.testing.assert_allclose(a, b, rtol=1e-2)
 
 
