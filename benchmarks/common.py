@@ -143,7 +143,7 @@ def classify(name: str) -> str:
   return "other"
 
 
-_OP_ARGS = ("hlo_op", "long_name", "tf_op", "name")   # trace-event args that may name the HLO op
+_OP_ARGS = ("hlo_op", "tf_op")      # device-event args (jax 0.11 traces) that name the HLO op
 
 
 def kernel_times(fn, steps: int):
@@ -167,7 +167,6 @@ def kernel_times(fn, steps: int):
   gpu_pids = {p for p, n in pid_names.items() if "gpu" in n.lower() and "host" not in n.lower()}
   per_kernel, per_class, launches = collections.Counter(), collections.Counter(), 0
   kernel_ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-  shown = False
   for e in events:
     if e.get("ph") == "X" and e.get("pid") in gpu_pids:
       dur = e.get("dur", 0) / 1e3 / steps                   # ms per call
@@ -175,9 +174,6 @@ def kernel_times(fn, steps: int):
       per_class[classify(e["name"])] += dur
       launches += 1
       args = e.get("args") or {}
-      if not shown:
-        print("device event args:", sorted(args)[:12])
-        shown = True
       op = next((str(args[k]) for k in _OP_ARGS if args.get(k)), None)
       if op:
         kernel_ops[e["name"]][op] += dur

@@ -39,14 +39,15 @@ def main(argv):
   step = step.lower(params, tokens).compile()      # one compile: timed, profiled, its HLO read
   t = common.median(common.time_fn(lambda: step(params, tokens), warmup=2, iters=5))
   per_kernel, per_class, _, kernel_ops = common.kernel_times(lambda: step(params, tokens), _STEPS.value)
-  sources = common.hlo_sources(step.as_text())
+  hlo = step.as_text()
+  sources = common.hlo_sources(hlo)
   total = sum(per_class.values())
   flops = common.train_flops_per_step(cfg, batch, forward._SEQ.value)
   print(f"step {t * 1e3:.1f} ms wall, {total:.1f} ms kernel time, MFU {100 * flops / t / 989e12:.1f}%")
   common.print_kernels(per_class, per_kernel, _TOP.value, sources=sources, kernel_ops=kernel_ops)
   if _HLO_OUT.value:
     with open(_HLO_OUT.value, "w") as f:
-      f.write(step.as_text())
+      f.write(hlo)
 
 
 if __name__ == "__main__":

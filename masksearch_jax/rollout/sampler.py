@@ -43,7 +43,8 @@ class Sampler:
     (norm, bias, RoPE, SwiGLU and residual fused in); needs scan_layers=False and one device.
     Measured slower than the XLA path on an H200 (benchmarks/RESULTS.md): an experiment.
     "xla_folded": XLA products with the RMSNorm gains folded into the following weights (one
-    normalising kernel less per norm; needs scan_layers=False). Not yet measured on a GPU.
+    normalising kernel less per norm; needs scan_layers=False). Measured on an H200: +2% at
+    batch 1, -1.4% at batch 64 (benchmarks/RESULTS.md); opt-in.
   pad_single_row: a batch of one prompt runs as two rows, the second a dead copy (inactive from
     the start, dropped from the output). On GPUs a one-row product is a vector x matrix that
     XLA would rewrite (model/matmul.rows_einsum pads it per product instead); two real rows need

@@ -129,7 +129,7 @@ def accumulate_gradients(loss_fn: Callable[[PyTree, PyTree], tuple[jax.Array, di
   def body(carry, batch):
     loss_acc, grad_acc, aux_acc = carry
     (loss, aux), grads = value_and_grad(at, batch)
-    grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
+    grad_acc = jax.tree.map(jnp.add, grad_acc, f32(grads))
     aux_acc = {k: aux_acc[k] + jnp.asarray(v, jnp.float32) for k, v in aux.items()}
     return (loss_acc + loss.astype(jnp.float32), grad_acc, aux_acc), None
 
