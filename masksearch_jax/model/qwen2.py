@@ -24,7 +24,6 @@ from jax.ad_checkpoint import checkpoint_name
 from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
 from masksearch_jax.model.config import Qwen2Config
-from masksearch_jax.model.rms_norm import rms_norm, rms_scale  # noqa: F401  (re-exported)
 
 Params = dict[str, Any]
 
@@ -91,6 +90,18 @@ def init_params(cfg: Qwen2Config, key: jax.Array, dtype=jnp.float32, std: float 
   if not cfg.tie_embeddings:
     params["lm_head"] = n((D, V))
   return params
+
+
+def rms_scale(x, eps):
+  """1 / RMS(x) per position, f32 [..., 1]: rms_norm(x, g) == g * x * rms_scale(x) (up to rounding),
+  so with g folded into the next weight the scale can be applied after the product."""
+  xf = x.astype(jnp.float32)
+  return jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
+def rms_norm(x, scale, eps):
+  xf = x.astype(jnp.float32) * rms_scale(x, eps)
+  return scale.astype(x.dtype) * xf.astype(x.dtype)
 
 
 def rope(x, positions, theta):
@@ -203,13 +214,13 @@ def _mlp_in(x, lp, c, row_scale=None):
   return checkpoint_name(jax.nn.silu(g) * u, "mlp_act")
 
 
-def _normed(cfg, h, lp, norm: str, norm_impl: str = "xla"):
+def _normed(cfg, h, lp, norm: str):
   """(input of the next product, its per-row scale or None): the RMSNorm of h, or — when
   decode_layout "xla_folded" moved the gain into the weights (no `norm` key) — h itself and
   1 / RMS(h), applied after the product."""
   if norm not in lp:
     return h, rms_scale(h, cfg.rms_norm_eps)
-  return checkpoint_name(rms_norm(h, lp[norm], cfg.rms_norm_eps, norm_impl), "norm"), None
+  return checkpoint_name(rms_norm(h, lp[norm], cfg.rms_norm_eps), "norm"), None
 
 
 def _fused_decode(cfg, h, lp, cache_kv) -> bool:
@@ -223,7 +234,7 @@ def _fused_decode(cfg, h, lp, cache_kv) -> bool:
           and ok(b, D, 2 * F, "swiglu") and ok(b, F, D, "plain"))
 
 
-def _qkv(cfg, h, lp, positions, c, fused, norm_impl):
+def _qkv(cfg, h, lp, positions, c, fused):
   """Normed input -> q [B, T, H, Dh], k/v [B, T, K, Dh], RoPE applied to q and k."""
   b, t, _ = h.shape
   H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
@@ -234,12 +245,12 @@ def _qkv(cfg, h, lp, positions, c, fused, norm_impl):
         theta=cfg.rope_theta)[:, None]
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
-  x, scale = _normed(cfg, h, lp, "input_norm", norm_impl)
+  x, scale = _normed(cfg, h, lp, "input_norm")
   q, k, v = _projections(cfg, x, lp, c, scale)
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
 
-def _out_mlp(cfg, h, a, lp, c, fused, norm_impl):
+def _out_mlp(cfg, h, a, lp, c, fused):
   """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP)."""
   b, t = a.shape[:2]
   if fused:
@@ -251,16 +262,15 @@ def _out_mlp(cfg, h, a, lp, c, fused, norm_impl):
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  x, scale = _normed(cfg, h, lp, "post_norm", norm_impl)
+  x, scale = _normed(cfg, h, lp, "post_norm")
   return h + _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
 
 
-def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype,
-           norm_impl="xla"):
+def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):
   """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
   c = lambda w: w.astype(dtype)
   fused = _fused_decode(cfg, h, lp, cache_kv)
-  q, k, v = _qkv(cfg, h, lp, positions, c, fused, norm_impl)
+  q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
   if cache_kv is not None:
     kc, vc = cache_kv
@@ -275,7 +285,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
-  return _out_mlp(cfg, h, a, lp, c, fused, norm_impl), new_kv
+  return _out_mlp(cfg, h, a, lp, c, fused), new_kv
 
 
 def _unstacked_layers(params: Params, num_layers: int) -> list:
@@ -292,13 +302,12 @@ def _unstacked_layers(params: Params, num_layers: int) -> list:
 def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Array | None = None,
           segment_ids: jax.Array | None = None, cache: dict | None = None, *,
           attn_impl: str = "xla", compute_dtype=jnp.bfloat16, remat: str = "none",
-          scan_layers: bool = True, return_hidden: bool = False, norm_impl: str = "xla"):
+          scan_layers: bool = True, return_hidden: bool = False):
   """Forward pass. tokens/positions/segment_ids [B, T] int32; segment id 0 marks padding.
 
   Without `cache`: full (optionally packed) forward; positions default to 0..T-1.
   With `cache` (see kv_cache.py): new tokens are appended per row at cache["end"].
   Returns (logits [B, T, V] float32 — or final hidden [B, T, D] if return_hidden —, new cache).
-  norm_impl: "xla" | "pallas" (RMSNorm backward as one kernel, model/rms_norm.py; training).
   """
   b, t = tokens.shape
   if positions is None:
@@ -319,7 +328,7 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
   h = params["embed"].astype(compute_dtype)[tokens]                         # [B, T, D]
 
   layer = functools.partial(_layer, cfg, impl=attn_impl, causal_only=causal_only,
-                            dtype=compute_dtype, norm_impl=norm_impl)
+                            dtype=compute_dtype)
   policy = REMAT_POLICIES[remat]
   if remat != "none":
     layer = jax.checkpoint(layer, policy=policy, prevent_cse=not scan_layers)
@@ -359,7 +368,7 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
     logits = decode_linear.linear(h[:, 0], params["lm_head_t"], norm_scale=params["final_norm"],
                                   eps=cfg.rms_norm_eps, out_dtype=jnp.float32)
     return logits[:, None], new_cache
-  h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps, norm_impl)
+  h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
   if return_hidden:
     return h, new_cache
   return logits_from_hidden(params, cfg, h), new_cache

@@ -43,8 +43,6 @@ class TrainConfig:
   compute_dtype: str = "bfloat16"      # matmuls
   attn_impl: str = "xla"               # xla | jax | cudnn
   remat: str = "none"                  # qwen2.REMAT_POLICIES: none | full | dots | dots_no_batch | dots_attn[_norm|_acts]
-  norm_impl: str = "xla"               # RMSNorm backward: xla (autodiff) | pallas (one kernel,
-                                       # model/rms_norm.py; one device)
   scan_layers: bool = True            # lax.scan over layers (fast compiles) or unrolled (no copies
                                       # of saved residuals into stacked buffers: 1.5B SFT on an H200
                                       # 51.0% -> 53.2% MFU; the gpu1 slice sets False)
@@ -305,7 +303,7 @@ def model_config(cfg: TrainConfig):
 
 def validate(cfg: TrainConfig, num_devices: int | None = None) -> None:
   """Raises one ValueError listing every invalid field or combination (by field name)."""
-  from masksearch_jax.model import attention, qwen2, rms_norm
+  from masksearch_jax.model import attention, qwen2
   from masksearch_jax.parallel import mesh as mesh_lib
   errors = []
   try:
@@ -346,11 +344,6 @@ def validate(cfg: TrainConfig, num_devices: int | None = None) -> None:
     errors.append(f"curriculum={cfg.curriculum!r} needs curriculum_stages")
   if cfg.loss_impl not in LOSS_IMPLS:
     errors.append(f"loss_impl={cfg.loss_impl!r} ({' | '.join(LOSS_IMPLS)})")
-  if cfg.norm_impl not in rms_norm.IMPLS:
-    errors.append(f"norm_impl={cfg.norm_impl!r} (one of {rms_norm.IMPLS})")
-  elif cfg.norm_impl == "pallas" and (num_devices or 1) > 1:
-    errors.append(f"norm_impl='pallas' needs one device (the kernel is not partitioned; got "
-                  f"{num_devices} devices)")
   if cfg.loss_lse_impl not in ("xla", "pallas"):
     errors.append(f"loss_lse_impl={cfg.loss_lse_impl!r} (xla | pallas)")
   elif cfg.loss_lse_impl == "pallas" and (cfg.loss_impl != "fused" or (num_devices or 1) > 1):

@@ -156,7 +156,7 @@ def _token_logprobs(params, model_cfg: Qwen2Config, cfg: RLConfig, inputs, targe
   those on, the mismatch metric shows the difference."""
   h, _ = qwen2.apply(params, model_cfg, inputs, compute_dtype=_DTYPES[cfg.compute_dtype],
                      remat=remat, attn_impl=cfg.attn_impl, scan_layers=cfg.scan_layers,
-                     return_hidden=True, norm_impl=cfg.norm_impl)               # [B, S, D]
+                     return_hidden=True)                                        # [B, S, D]
   if cfg.temperature > 0 and cfg.temperature != 1.0:
     h = h / jnp.asarray(cfg.temperature, h.dtype)
   if cfg.loss_impl == "full":

@@ -112,8 +112,7 @@ def make_loss_fn(model_cfg: Qwen2Config, cfg: TrainConfig):
     seg = None if one_per_row else mb["segment_ids"]
     h, _ = qwen2.apply(params, model_cfg, mb["tokens"], mb["positions"], seg,
                        attn_impl=cfg.attn_impl, compute_dtype=compute_dtype, remat=cfg.remat,
-                       scan_layers=cfg.scan_layers, return_hidden=True,
-                       norm_impl=cfg.norm_impl)                               # [B, T, D]
+                       scan_layers=cfg.scan_layers, return_hidden=True)       # [B, T, D]
     aux = {}
     if cfg.loss_impl == "full":
       logits = qwen2.logits_from_hidden(params, model_cfg, h)                 # [B, T, V] f32

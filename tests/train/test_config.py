@@ -86,11 +86,6 @@ def test_validation_names_the_fields():
   with pytest.raises(ValueError, match="loss_lse_impl='pallas' needs loss_impl='fused' and one"):
     config_lib.validate(TrainConfig(loss_lse_impl="pallas"), 8)
   config_lib.validate(TrainConfig(loss_lse_impl="pallas", mesh="data=1,fsdp=1,tensor=1"), 1)
-  with pytest.raises(ValueError, match="norm_impl='pallas' needs one device"):
-    config_lib.validate(TrainConfig(norm_impl="pallas"), 8)
-  with pytest.raises(ValueError, match="norm_impl='fast'"):
-    config_lib.validate(TrainConfig(norm_impl="fast"), 1)
-  config_lib.validate(TrainConfig(norm_impl="pallas", mesh="data=1,fsdp=1,tensor=1"), 1)
   with pytest.raises(ValueError, match="logits_dtype='float16'"):
     config_lib.validate(TrainConfig(logits_dtype="float16"), 8)
   with pytest.raises(ValueError, match="logits_dtype='bfloat16' needs loss_impl='fused'"):
