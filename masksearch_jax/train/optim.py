@@ -37,7 +37,8 @@ class OptimConfig:
   no_decay: tuple[str, ...] = ("norm", "bias", "scale")  # path substrings exempt from decay
   mu_dtype: str = "auto"            # Adam's first moment: auto (the params' dtype) | float32 |
                                     # bfloat16 (as MaxText's mu_dtype: with f32 params, 2 bytes a
-                                    # parameter less to read and write a step)
+                                    # parameter less to read and write a step; measured on the
+                                    # 1.5B SFT step: +0-0.2 MFU points, within run-to-run noise)
 
   def __post_init__(self):
     problems = []
