@@ -10,10 +10,10 @@ the max: one read, one exponential a logit. (An XLA variadic reduce doing the sa
 two exponentials a merge and measured slower, benchmarks/RESULTS.md.)
 
 Opt-in (`TrainConfig.loss_lse_impl="pallas"`; the slices leave it off, as RL's chunked loss and
-several devices cannot use it): measured on an H200,
-+0.2 points of the 1.5B SFT step's MFU in two interleaved rounds (benchmarks/RESULTS.md). Pallas
-interpret mode on CPU (tests); other backends keep XLA. Vocabulary tiles must divide V exactly (no masked loads):
-the largest power of two dividing V, up to 1024 (128 for Qwen2.5's 151,936).
+several devices cannot use it): measured on an H200, +0.2 points of the 1.5B SFT step's MFU in two
+interleaved rounds (benchmarks/RESULTS.md). Pallas interpret mode on CPU (tests); other backends
+keep XLA. Vocabulary tiles must divide V exactly (no masked loads): the largest power of two
+dividing V, up to 1024 (128 for Qwen2.5's 151,936).
 """
 from __future__ import annotations
 
