@@ -22,30 +22,17 @@ def _inputs(b, h, kh, dh, s, dtype, seed=0):
     (1, 14, 2, 64, 96, [33]),                # 0.5B head shape, 96 = 3 blocks of 32
     (2, 16, 1, 32, 48, [48, 5]),             # 16 query heads per kv head (no padding rows)
 ])
-@pytest.mark.parametrize("single_pass", [False, True])
-def test_kernel_matches_xla_attention(b, h, kh, dh, s, lengths, single_pass):
+def test_kernel_matches_xla_attention(b, h, kh, dh, s, lengths):
   q, k, v = _inputs(b, h, kh, dh, s, jnp.float32)
   n = jnp.asarray(lengths, jnp.int32)
   mask = jnp.arange(s)[None, None, :] < n[:, None, None]
   want = attention.attend_xla(q, k, v, mask)
-  got = da.decode_attend(q, k, v, n, interpret=True, single_pass=single_pass)
+  got = da.decode_attend(q, k, v, n, interpret=True)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6, rtol=0)
   # keys past a row's length never matter (the kernel skips or masks them)
   k2 = jnp.where(jnp.arange(s)[None, :, None, None] < n[:, None, None, None], k, 1e3)
-  np.testing.assert_allclose(
-      np.asarray(da.decode_attend(q, k2, v, n, interpret=True, single_pass=single_pass)),
-      np.asarray(got), atol=1e-6)
-
-
-def test_single_pass_is_chosen_by_program_count():
-  """B x K >= SINGLE_PASS_MIN_PROGRAMS: one program a row (no merge ops in the jaxpr)."""
-  q, k, v = _inputs(32, 12, 2, 16, 32, jnp.float32)
-  n = jnp.full((32,), 20, jnp.int32)
-  big = str(jax.make_jaxpr(lambda *a: da.decode_attend(*a, interpret=True))(q, k, v, n))
-  small = str(jax.make_jaxpr(lambda *a: da.decode_attend(*a, interpret=True))(
-      q[:2], k[:2], v[:2], n[:2]))
-  assert "decode_attention_rows" in big and "decode_attention_rows" not in small
-  assert " pad" not in big and " pad" in small
+  np.testing.assert_allclose(np.asarray(da.decode_attend(q, k2, v, n, interpret=True)),
+                             np.asarray(got), atol=1e-6)
 
 
 def test_bfloat16_within_rounding():
@@ -53,10 +40,8 @@ def test_bfloat16_within_rounding():
   n = jnp.asarray([200, 7], jnp.int32)
   mask = jnp.arange(256)[None, None, :] < n[:, None, None]
   want = attention.attend_xla(q, k, v, mask).astype(jnp.float32)
-  for single_pass in (False, True):
-    got = da.decode_attend(q, k, v, n, interpret=True, single_pass=single_pass)
-    assert got.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), np.asarray(want), atol=2e-2)
+  got = da.decode_attend(q, k, v, n, interpret=True).astype(jnp.float32)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-2)
 
 
 def test_supported_shapes():
