@@ -30,11 +30,8 @@ Params = dict[str, Any]
 # How the sampler's unrolled decode layout runs the projections: "xla" (XLA products), "xla_folded"
 # (XLA products with each RMSNorm's gain folded into the weights that follow it, so the norm is a
 # per-row scale applied after the product: no normalised copy of the activations is written),
-# "pallas" (model/decode_linear.py's fused one-token kernels), "pallas_attn" (those kernels for the
-# attention's two projections only — norm + q/k/v + bias + RoPE, and o + residual, where they beat
-# XLA's small gemms in the microbenchmark — and XLA for the MLP and LM head, where cuBLAS streams
-# the large weights faster).
-LINEAR_IMPLS = ("xla", "xla_folded", "pallas", "pallas_attn")
+# "pallas" (model/decode_linear.py's fused one-token kernels).
+LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -150,7 +147,6 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   `gate_up_t`, `down_t`, and `lm_head_t`, which is the embedding itself when tied), the layout of
   model/decode_linear.py, whose one-token kernels then also fold in the norms, biases, RoPE,
   SwiGLU and residual adds. Longer chunks (prefill, splice) use the same matrices through XLA.
-  linear_impl="pallas_attn": `qkv_t` and `o_t` only; the MLP and LM head keep XLA's layout.
   """
   if linear_impl not in LINEAR_IMPLS:
     raise ValueError(f"linear_impl {linear_impl!r} not in {LINEAR_IMPLS}")
@@ -171,10 +167,9 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
     lp["qkv"], lp["gate_up"] = c(qkv), c(gate_up)
     lp["qkv_bias"] = jnp.concatenate([lp.pop(k).reshape(-1) for k in ("q_bias", "k_bias",
                                                                       "v_bias")])
-    if linear_impl in ("pallas", "pallas_attn"):
-      lp["qkv_t"], lp["o_t"] = lp.pop("qkv").T, lp.pop("o").reshape(-1, D).T
     if linear_impl == "pallas":
-      lp["gate_up_t"], lp["down_t"] = lp.pop("gate_up").T, lp.pop("down").T
+      lp["qkv_t"], lp["gate_up_t"] = lp.pop("qkv").T, lp.pop("gate_up").T
+      lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
     layers.append(lp)
   out["layers"] = layers
   if linear_impl == "pallas":
@@ -228,17 +223,15 @@ def _normed(cfg, h, lp, norm: str):
   return checkpoint_name(rms_norm(h, lp[norm], cfg.rms_norm_eps), "norm"), None
 
 
-def _fused_decode(cfg, h, lp, cache_kv) -> tuple[bool, bool]:
-  """Whether this one-token step runs model/decode_linear.py's kernels (GPU; CPU interprets) for
-  (the attention's projections, the MLP): the MLP only where the attention's are, too."""
+def _fused_decode(cfg, h, lp, cache_kv) -> bool:
+  """Whether this one-token step runs model/decode_linear.py's kernels (GPU; CPU interprets)."""
   b, t, D = h.shape
   if "qkv_t" not in lp or cache_kv is None or t != 1 or not decode_linear.available():
-    return False, False
+    return False
   H, K, Dh, F = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head, cfg.intermediate_size
   ok = decode_linear.supported
-  attn = ok(b, D, (H + 2 * K) * Dh, "rope", Dh) and ok(b, H * Dh, D, "plain")
-  return attn, (attn and "gate_up_t" in lp and ok(b, D, 2 * F, "swiglu")
-                and ok(b, F, D, "plain"))
+  return (ok(b, D, (H + 2 * K) * Dh, "rope", Dh) and ok(b, H * Dh, D, "plain")
+          and ok(b, D, 2 * F, "swiglu") and ok(b, F, D, "plain"))
 
 
 def _qkv(cfg, h, lp, positions, c, fused):
@@ -257,19 +250,15 @@ def _qkv(cfg, h, lp, positions, c, fused):
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
 
-def _out_mlp(cfg, h, a, lp, c, fused, fused_mlp):
-  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP).
-  fused / fused_mlp: decode_linear kernels for o (+ residual) / for the MLP (see _fused_decode)."""
+def _out_mlp(cfg, h, a, lp, c, fused):
+  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP)."""
   b, t = a.shape[:2]
   if fused:
     lin = decode_linear.linear
     hb = lin(a.reshape(b, -1), lp["o_t"], residual=h[:, 0])
-    if fused_mlp:
-      u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"],
-              eps=cfg.rms_norm_eps)
-      return lin(u, lp["down_t"], residual=hb)[:, None]
-    h = hb[:, None]
-  elif "o_t" in lp:
+    u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"], eps=cfg.rms_norm_eps)
+    return lin(u, lp["down_t"], residual=hb)[:, None]
+  if "o_t" in lp:
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
@@ -280,7 +269,7 @@ def _out_mlp(cfg, h, a, lp, c, fused, fused_mlp):
 def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):
   """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
   c = lambda w: w.astype(dtype)
-  fused, fused_mlp = _fused_decode(cfg, h, lp, cache_kv)
+  fused = _fused_decode(cfg, h, lp, cache_kv)
   q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
   if cache_kv is not None:
@@ -296,7 +285,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
-  return _out_mlp(cfg, h, a, lp, c, fused, fused_mlp), new_kv
+  return _out_mlp(cfg, h, a, lp, c, fused), new_kv
 
 
 def _unstacked_layers(params: Params, num_layers: int) -> list:

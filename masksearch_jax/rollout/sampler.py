@@ -42,8 +42,6 @@ class Sampler:
   linear_impl: "pallas" runs each one-token step's projections as model/decode_linear.py kernels
     (norm, bias, RoPE, SwiGLU and residual fused in); needs scan_layers=False and one device.
     Measured slower than the XLA path on an H200 (benchmarks/RESULTS.md): an experiment.
-    "pallas_attn": those kernels for the attention's q/k/v and o projections only, XLA for the
-    MLP and LM head (the split the per-projection microbenchmark favours).
     "xla_folded": XLA products with the RMSNorm gains folded into the following weights (one
     normalising kernel less per norm; needs scan_layers=False). Measured on an H200: +2% at
     batch 1, -1.4% at batch 64 (benchmarks/RESULTS.md); opt-in.

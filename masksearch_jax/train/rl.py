@@ -81,8 +81,8 @@ class RLConfig(TrainConfig):
   sampler_dtype: str = "bfloat16"      # rollout compute + KV cache
   sampler_scan_layers: bool = False    # unrolled decode (per-layer buffers) is ~2x faster on GPU
   sampler_attn_impl: str = ""          # rollout attention ("" = attn_impl); "pallas": one-kernel decode
-  sampler_linear_impl: str = "xla"     # xla_folded: norm gains in the weights; pallas[_attn]:
-                                       # fused one-token kernels (one device); all: unrolled only
+  sampler_linear_impl: str = "xla"     # xla_folded: norm gains in the weights; pallas: fused
+                                       # one-token kernels (one device); both: unrolled only
   # update
   mini_batches: int = 1                # optimizer updates per RL step
   adv_eps: float = 1e-6

@@ -75,25 +75,16 @@ def test_supported_and_clear_errors():
 
 @pytest.mark.parametrize("name,b", [("tiny", 2), ("tiny", 4), ("tiny_untied", 1),
                                     ("tiny", 3)])              # 3 rows: the XLA fallback
-@pytest.mark.parametrize("impl", ["pallas", "pallas_attn"])
-def test_model_decode_matches_full_forward(name, b, impl):
+def test_model_decode_matches_full_forward(name, b):
   cfg = mcfg.get_config(name)
   params = qwen2.init_params(cfg, jax.random.PRNGKey(1))
   rng = np.random.default_rng(0)
   T, P = 9, 4
   tokens = rng.integers(0, cfg.vocab_size, (b, T))
   full = np.asarray(qwen2.apply(params, cfg, jnp.asarray(tokens), compute_dtype=jnp.float32)[0])
-  dp = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl=impl)
-  assert "qkv_t" in dp["layers"][0] and "o_t" in dp["layers"][0]
-  if impl == "pallas":
-    assert "gate_up_t" in dp["layers"][0] and "lm_head_t" in dp
-    assert (dp["lm_head_t"] is dp["embed"]) == cfg.tie_embeddings
-  else:                                        # the MLP and LM head stay in XLA's layout
-    assert "gate_up" in dp["layers"][0] and "down" in dp["layers"][0] and "lm_head_t" not in dp
-  step_fused = qwen2._fused_decode(cfg, jnp.zeros((b, 1, cfg.hidden_size)), dp["layers"][0],
-                                   (None, None))
-  if b != 3:                                   # which kernels a one-token step runs
-    assert step_fused == (True, impl == "pallas")
+  dp = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl="pallas")
+  assert "qkv_t" in dp["layers"][0] and "lm_head_t" in dp
+  assert (dp["lm_head_t"] is dp["embed"]) == cfg.tie_embeddings
   cache = kv_cache.init_cache(cfg, b, 16, jnp.float32, per_layer=True)
   step = jax.jit(lambda p, t, c: qwen2.apply(p, cfg, t, cache=c, compute_dtype=jnp.float32,
                                              scan_layers=False))
@@ -111,14 +102,13 @@ def test_model_decode_bfloat16_within_rounding():
   params = qwen2.init_params(cfg, jax.random.PRNGKey(2))
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 6)))
   outs = []
-  for impl in ("xla", "pallas", "xla_folded", "pallas_attn"):
+  for impl in ("xla", "pallas", "xla_folded"):
     dp = qwen2.decode_layout(params, cfg, jnp.bfloat16, linear_impl=impl)
     cache = kv_cache.init_cache(cfg, 2, 16, jnp.bfloat16, per_layer=True)
     _, cache = qwen2.apply(dp, cfg, tokens[:, :5], cache=cache, scan_layers=False)
     outs.append(np.asarray(qwen2.apply(dp, cfg, tokens[:, 5:], cache=cache, scan_layers=False)[0]))
   np.testing.assert_allclose(outs[1], outs[0], atol=0.03, rtol=0)
   np.testing.assert_allclose(outs[2], outs[0], atol=0.03, rtol=0)     # norm gains folded
-  np.testing.assert_allclose(outs[3], outs[0], atol=0.03, rtol=0)     # attention kernels only
   assert np.abs(outs[0]).max() > 0.1                                   # not trivially small
 
 
@@ -134,17 +124,16 @@ def test_sampler_tokens_equal_xla_path():
   rcfg = T.RolloutConfig(max_len=32, max_new_tokens=12, prompt_buckets=(16,), chunk_steps=8,
                          use_tools=False)
   outs = {}
-  for impl in ("xla", "pallas", "xla_folded", "pallas_attn"):
+  for impl in ("xla", "pallas", "xla_folded"):
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg,
                             compute_dtype=jnp.float32, cache_dtype=jnp.float32, scan_layers=False,
                             linear_impl=impl)
     outs[impl] = s.generate(params, prompts)
   np.testing.assert_array_equal(outs["pallas"].tokens, outs["xla"].tokens)
   np.testing.assert_allclose(outs["pallas"].logprobs, outs["xla"].logprobs, atol=1e-5)
-  for impl in ("xla_folded", "pallas_attn"):
-    np.testing.assert_array_equal(outs[impl].tokens, outs["xla"].tokens)
-    np.testing.assert_allclose(outs[impl].logprobs, outs["xla"].logprobs, atol=1e-5)
-  for impl in ("pallas", "xla_folded", "pallas_attn"):
+  np.testing.assert_array_equal(outs["xla_folded"].tokens, outs["xla"].tokens)
+  np.testing.assert_allclose(outs["xla_folded"].logprobs, outs["xla"].logprobs, atol=1e-5)
+  for impl in ("pallas", "xla_folded"):
     with pytest.raises(ValueError, match="scan_layers=False"):
       sampler_lib.Sampler(cfg, tok, rollout_cfg=rcfg, linear_impl=impl)
   with pytest.raises(ValueError, match="linear_impl"):
