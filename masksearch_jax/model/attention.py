@@ -92,6 +92,24 @@ def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
   return _per_shard(fn, q, k, v, mask, extra_is_mask=True)
 
 
+def decode_writes_cache(impl: str, q, k_cache) -> bool:
+  """Whether attend_decode_write runs (the one-kernel append + attend): impl "pallas" on a GPU
+  (CPU: interpret mode), a supported shape, q and the cache in one dtype, and no mesh that
+  splits the batch or heads (the kernel is not partitioned; the scatter path is)."""
+  return (impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
+          and decode_attention.supported(q.shape, k_cache.shape) and q.dtype == k_cache.dtype
+          and shard_specs(jax.sharding.get_abstract_mesh(), q.shape[0], q.shape[2],
+                          k_cache.shape[2]) is None)
+
+
+def attend_decode_write(q, k_new, v_new, k_cache, v_cache, end):
+  """One new token per row: its k/v [B, 1, K, Dh] written into the caches [B, S, K, Dh] at slot
+  end [B] and attended together with slots < end, in one kernel (model/decode_attention.py).
+  Only where decode_writes_cache(...) holds. Returns (out [B, 1, H, Dh], k_cache, v_cache)."""
+  return decode_attention.decode_attend_write(q, k_new, v_new, k_cache, v_cache, end,
+                                              interpret=jax.default_backend() == "cpu")
+
+
 def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):
   """One new token per row against the cache (q [B, 1, H, Dh], k/v the cache [B, S, K, Dh],
   lengths [B]: slots < length are visible, the same as `mask`). impl="pallas" runs the one-kernel

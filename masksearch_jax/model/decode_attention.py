@@ -8,6 +8,12 @@ program (row b, kv head h, key block j) reads keys [j*blk, (j+1)*blk) of that he
 the cache layout [B, S, K, Dh] (no transpose copy), skips blocks past the row's length, and writes
 a partial (max, sum, weighted values); a few XLA ops then merge the blocks (flash-decoding).
 
+`decode_attend_write` also appends the new token's key and value to the cache: the program whose
+key block holds slot `end` (the row's length before this token) attends to the new key from its
+input instead of the cache, and stores it there (the cache is an aliased output). This replaces
+the model's two XLA scatters a layer into the cache (~130-140 us of a 1.5B decode step on an H200
+at batch 1 and 64; benchmarks/RESULTS.md).
+
 Used for `attn_impl="pallas"` when a forward appends exactly one token to a cache; on other
 backends than GPU it runs in Pallas interpret mode (tests). Equal to `attention.attend_xla` with
 the cache mask (slots < length) up to float rounding.
@@ -64,6 +70,102 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale: float, 
     l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
 
 
+def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, o_ref, m_ref, l_ref, ko_ref,
+                  vo_ref, *, scale: float, blk: int):
+  """As _kernel with the new token at slot end_ref[] (keys < end are the cache's): kn_ref/vn_ref
+  [1, Dh] its key/value in the cache dtype; ko_ref/vo_ref [blk, Dh] alias k_ref/v_ref's buffers.
+  The stale slot's load may race with the store; it is replaced by kn/vn either way."""
+  start = pl.program_id(2) * blk
+  end = end_ref[...]
+  n = end + 1
+  idx = start + jnp.arange(blk)
+
+  @pl.when(start < n)
+  def _():
+    new = (idx == end)[:, None]
+    k = jnp.where(new, kn_ref[...], k_ref[...])                             # [blk, Dh]
+    v = jnp.where(new, vn_ref[...], v_ref[...])
+    s = jnp.dot(q_ref[...], k.T, preferred_element_type=jnp.float32) * scale  # [16, blk]
+    s = jnp.where((idx < n)[None, :], s, _NEG)
+    m = jnp.max(s, axis=1)
+    p = jnp.exp(s - m[:, None])
+    o_ref[...] = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    m_ref[...] = m
+    l_ref[...] = jnp.sum(p, axis=1)
+
+  @pl.when(start >= n)
+  def _():
+    o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
+    m_ref[...] = jnp.full(m_ref.shape, _NEG, jnp.float32)
+    l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
+
+  @pl.when((start <= end) & (end < start + blk))
+  def _():
+    ko_ref[pl.ds(end - start, 1), :] = kn_ref[...]
+    vo_ref[pl.ds(end - start, 1), :] = vn_ref[...]
+
+
+def _merge(o, m, l, b, kh, nb, g, h, dh, dtype):
+  """Flash-decoding merge of the key blocks' partials -> [B, 1, H, Dh]: weights exp(m_c - max_c
+  m_c); skipped blocks have m = -1e30 -> weight 0."""
+  o = o.reshape(b, kh, nb, _Q_ROWS, dh)
+  m, l = m.reshape(b, kh, nb, _Q_ROWS), l.reshape(b, kh, nb, _Q_ROWS)
+  w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                      # [B, K, nb, 16]
+  num = jnp.sum(o * w[..., None], axis=2)                                  # [B, K, 16, Dh]
+  den = jnp.sum(l * w, axis=2)[..., None]
+  out = (num / jnp.maximum(den, 1e-30))[:, :, :g]                          # [B, K, G, Dh]
+  return out.reshape(b, 1, h, dh).astype(dtype)
+
+
+def _padded_queries(q, kh):
+  b, _, h, dh = q.shape
+  qg = q.reshape(b, kh, h // kh, dh)
+  return jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - h // kh), (0, 0))).reshape(b * kh, _Q_ROWS, dh)
+
+
+def _compiler_params(interpret: bool) -> dict:
+  if interpret:
+    return {}
+  from jax.experimental.pallas import triton as plgpu
+  return {"compiler_params": plgpu.CompilerParams(num_warps=4, num_stages=2)}
+
+
+@functools.partial(jax.jit, static_argnames=("interpret",))
+def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bool = False):
+  """Append one token to the cache and attend over it, in one kernel. q [B, 1, H, Dh]; k_new/
+  v_new [B, 1, K, Dh] and the caches [B, S, K, Dh] in one dtype (q's); end [B] int32: the slot
+  of the new token (slots < end hold the row's keys; end >= S: the token is dropped and all S
+  slots attended, as the scatter with mode="drop" and lengths end + 1 did).
+  Returns (out [B, 1, H, Dh], k_cache, v_cache) with the caches updated in place."""
+  b, _, h, dh = q.shape
+  s, kh = k_cache.shape[1], k_cache.shape[2]
+  blk = block_size(s)
+  nb = s // blk
+  k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
+  kv_spec = pl.BlockSpec((None, blk, dh), lambda i, j, c: (i, c, j))
+  new_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * kh + j, 0, 0))
+  part = lambda i, j, c: ((i * kh + j) * nb + c, 0)
+  o, m, l, k3, v3 = pl.pallas_call(
+      functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk),
+      grid=(b, kh, nb),
+      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)),
+                pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0)),
+                new_spec, new_spec, kv_spec, kv_spec],
+      out_specs=[pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
+                 pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part),
+                 kv_spec, kv_spec],
+      out_shape=[jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS, dh), jnp.float32),
+                 jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
+                 jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
+                 jax.ShapeDtypeStruct(k3.shape, k3.dtype), jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
+      input_output_aliases={4: 3, 5: 4},
+      interpret=interpret, name="decode_attention_write", **_compiler_params(interpret),
+  )(end.astype(jnp.int32), _padded_queries(q, kh), k_new.reshape(b * kh, 1, dh),
+    v_new.reshape(b * kh, 1, dh), k3, v3)
+  out = _merge(o, m, l, b, kh, nb, h // kh, h, dh, q.dtype)
+  return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
+
+
 @functools.partial(jax.jit, static_argnames=("interpret",))
 def decode_attend(q, k, v, lengths, *, interpret: bool = False):
   """q [B, 1, H, Dh], k/v [B, S, K, Dh] (the cache), lengths [B] int32 (slots < length are
@@ -73,15 +175,10 @@ def decode_attend(q, k, v, lengths, *, interpret: bool = False):
   g = h // kh
   blk = block_size(s)
   nb = s // blk
-  qg = q.reshape(b, kh, g, dh)
-  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - g), (0, 0))).reshape(b * kh, _Q_ROWS, dh)
+  qg = _padded_queries(q, kh)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
   kv_spec = pl.BlockSpec((None, blk, dh), lambda i, j, c: (i, c, j))
   part = lambda i, j, c: ((i * kh + j) * nb + c, 0)
-  kwargs = {}
-  if not interpret:
-    from jax.experimental.pallas import triton as plgpu
-    kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=4, num_stages=2)
   o, m, l = pl.pallas_call(
       functools.partial(_kernel, scale=dh ** -0.5, blk=blk),
       grid=(b, kh, nb),
@@ -93,13 +190,6 @@ def decode_attend(q, k, v, lengths, *, interpret: bool = False):
       out_shape=[jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS, dh), jnp.float32),
                  jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
                  jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32)],
-      interpret=interpret, name="decode_attention", **kwargs,
+      interpret=interpret, name="decode_attention", **_compiler_params(interpret),
   )(lengths.astype(jnp.int32), qg, k3, v3)
-  # Merge the key blocks: weights exp(m_c - max_c m_c); skipped blocks have m = -1e30 -> 0.
-  o = o.reshape(b, kh, nb, _Q_ROWS, dh)
-  m, l = m.reshape(b, kh, nb, _Q_ROWS), l.reshape(b, kh, nb, _Q_ROWS)
-  w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                      # [B, K, nb, 16]
-  num = jnp.sum(o * w[..., None], axis=2)                                  # [B, K, 16, Dh]
-  den = jnp.sum(l * w, axis=2)[..., None]
-  out = (num / jnp.maximum(den, 1e-30))[:, :, :g]                          # [B, K, G, Dh]
-  return out.reshape(b, 1, h, dh).astype(q.dtype)
+  return _merge(o, m, l, b, kh, nb, g, h, dh, q.dtype)

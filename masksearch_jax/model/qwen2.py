@@ -272,6 +272,11 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
   fused = _fused_decode(cfg, h, lp, cache_kv)
   q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
+  if (cache_kv is not None and q.shape[1] == 1
+      and attention.decode_writes_cache(impl, q, cache_kv[0])):     # append + attend: one kernel
+    a, kc, vc = attention.attend_decode_write(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv,
+                                              cache_end)
+    return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
   if cache_kv is not None:
     kc, vc = cache_kv
     b, t = k.shape[:2]

@@ -72,9 +72,48 @@ def test_model_decode_step_pallas_equals_xla():
       nxt = jnp.argmax(logits[jnp.arange(2), cache["end"] - 1 if i == 0 else 0], -1)[:, None]
       logits, cache = fwd(dp, nxt, cache, jnp.ones((2, 1), jnp.int32))
       steps.append(np.asarray(logits))
-    outs[impl] = steps
-  for a, b in zip(outs["xla"], outs["pallas"]):
+    outs[impl] = steps, cache
+  for a, b in zip(outs["xla"][0], outs["pallas"][0]):
     np.testing.assert_allclose(a, b, atol=2e-5)
+  # the pallas steps appended k/v inside the attention kernel: the caches agree too
+  for name in ("k", "v"):
+    for a, b in zip(outs["xla"][1][name], outs["pallas"][1][name]):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+  np.testing.assert_array_equal(outs["xla"][1]["end"], outs["pallas"][1]["end"])
+
+
+@pytest.mark.parametrize("s,ends", [(768, [0, 63, 64, 700]),     # block edges, 64-key blocks
+                                    (48, [47, 48, 100, 5])])     # a full row: the token dropped
+def test_write_kernel_equals_scatter_then_attend(s, ends):
+  b, h, kh, dh = 4, 12, 2, 32
+  q, k, v = _inputs(b, h, kh, dh, s, jnp.float32, seed=3)
+  kn, vn = (jnp.asarray(np.random.default_rng(4 + i).normal(size=(b, 1, kh, dh)), jnp.float32)
+            for i in range(2))
+  end = jnp.asarray(ends, jnp.int32)
+  rows, slots = jnp.arange(b)[:, None], end[:, None]
+  k2 = k.at[rows, slots].set(kn, mode="drop")                   # what the model did before
+  v2 = v.at[rows, slots].set(vn, mode="drop")
+  mask = jnp.arange(s)[None, None, :] < (end + 1)[:, None, None]
+  want = attention.attend_xla(q, k2, v2, mask)
+  out, kc, vc = da.decode_attend_write(q, kn, vn, k, v, end, interpret=True)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-6, rtol=0)
+  np.testing.assert_array_equal(np.asarray(kc), np.asarray(k2))
+  np.testing.assert_array_equal(np.asarray(vc), np.asarray(v2))
+
+
+def test_decode_step_has_no_cache_scatter():
+  """attn_impl="pallas", one token, q and cache in one dtype: no scatter in the step's jaxpr."""
+  from masksearch_jax.model import kv_cache
+  cfg = mcfg.PRESETS["tiny"]
+  params = qwen2.decode_layout(qwen2.init_params(cfg, jax.random.PRNGKey(0), jnp.float32), cfg,
+                               jnp.float32)
+  cache = kv_cache.init_cache(cfg, 2, 32, jnp.float32, per_layer=True)
+  step = lambda impl, dtype: str(jax.make_jaxpr(lambda c: qwen2.apply(
+      params, cfg, jnp.ones((2, 1), jnp.int32), cache=c, attn_impl=impl, compute_dtype=dtype,
+      scan_layers=False))(cache))
+  assert "scatter" not in step("pallas", jnp.float32)
+  assert "scatter" in step("xla", jnp.float32)
+  assert "scatter" in step("pallas", jnp.bfloat16)          # bf16 q, f32 cache: the scatter path
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
