@@ -94,9 +94,11 @@ def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
 
 def decode_writes_cache(impl: str, q, k_cache) -> bool:
   """Whether attend_decode_write runs (the one-kernel append + attend): impl "pallas" on a GPU
-  (CPU: interpret mode), a supported shape, q and the cache in one dtype, and no mesh that
-  splits the batch or heads (the kernel is not partitioned; the scatter path is)."""
+  (CPU: interpret mode), at most decode_attention.WRITE_MAX_ROWS rows (where it was measured),
+  a supported shape, q and the cache in one dtype, and no mesh that splits the batch or heads
+  (the kernel is not partitioned; the scatter path is)."""
   return (impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
+          and q.shape[0] <= decode_attention.WRITE_MAX_ROWS
           and decode_attention.supported(q.shape, k_cache.shape) and q.dtype == k_cache.dtype
           and shard_specs(jax.sharding.get_abstract_mesh(), q.shape[0], q.shape[2],
                           k_cache.shape[2]) is None)

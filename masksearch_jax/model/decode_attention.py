@@ -12,7 +12,8 @@ a partial (max, sum, weighted values); a few XLA ops then merge the blocks (flas
 key block holds slot `end` (the row's length before this token) attends to the new key from its
 input instead of the cache, and stores it there (the cache is an aliased output). This replaces
 the model's two XLA scatters a layer into the cache (~130-140 us of a 1.5B decode step on an H200
-at batch 1 and 64; benchmarks/RESULTS.md).
+at batch 1 and 64; benchmarks/RESULTS.md). Measured at batch 1 (two rows): +3% decode tokens/s;
+batch 64 is not measured yet, so the model uses it up to WRITE_MAX_ROWS rows only.
 
 Used for `attn_impl="pallas"` when a forward appends exactly one token to a cache; on other
 backends than GPU it runs in Pallas interpret mode (tests). Equal to `attention.attend_xla` with
@@ -28,6 +29,7 @@ from jax.experimental import pallas as pl
 
 _Q_ROWS = 16                       # tl.dot needs >= 16 rows: the G query heads of a group are padded
 _NEG = -1e30
+WRITE_MAX_ROWS = 8                 # rows up to which the model appends k/v inside the kernel
 
 
 def block_size(s: int) -> int | None:

@@ -114,6 +114,11 @@ def test_decode_step_has_no_cache_scatter():
   assert "scatter" not in step("pallas", jnp.float32)
   assert "scatter" in step("xla", jnp.float32)
   assert "scatter" in step("pallas", jnp.bfloat16)          # bf16 q, f32 cache: the scatter path
+  big = kv_cache.init_cache(cfg, da.WRITE_MAX_ROWS * 2, 32, jnp.float32, per_layer=True)
+  many = str(jax.make_jaxpr(lambda c: qwen2.apply(
+      params, cfg, jnp.ones((da.WRITE_MAX_ROWS * 2, 1), jnp.int32), cache=c, attn_impl="pallas",
+      compute_dtype=jnp.float32, scan_layers=False))(big))
+  assert "scatter" in many                                  # more rows than measured: scatter
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
