@@ -48,48 +48,19 @@ def supported(q_shape, k_shape) -> bool:
           and block_size(s) is not None)
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale: float, blk: int):
-  """len_ref [] int32; q_ref [16, Dh]; k_ref/v_ref [blk, Dh]; o_ref [16, Dh] f32; m/l [16] f32."""
-  start = pl.program_id(2) * blk
-  n = len_ref[...]
-
-  @pl.when(start < n)
-  def _():
-    q, k = q_ref[...], k_ref[...]
-    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale        # [16, blk]
-    idx = start + jnp.arange(blk)
-    s = jnp.where((idx < n)[None, :], s, _NEG)
-    m = jnp.max(s, axis=1)                                                  # [16]
-    p = jnp.exp(s - m[:, None])
-    o_ref[...] = jnp.dot(p.astype(v_ref.dtype), v_ref[...], preferred_element_type=jnp.float32)
-    m_ref[...] = m
-    l_ref[...] = jnp.sum(p, axis=1)
-
-  @pl.when(start >= n)
-  def _():
-    o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
-    m_ref[...] = jnp.full(m_ref.shape, _NEG, jnp.float32)
-    l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
-
-
-def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, o_ref, m_ref, l_ref, ko_ref,
-                  vo_ref, *, scale: float, blk: int):
-  """As _kernel with the new token at slot end_ref[] (keys < end are the cache's): kn_ref/vn_ref
-  [1, Dh] its key/value in the cache dtype; ko_ref/vo_ref [blk, Dh] alias k_ref/v_ref's buffers.
-  The stale slot's load may race with the store; it is replaced by kn/vn either way."""
-  start = pl.program_id(2) * blk
-  end = end_ref[...]
-  n = end + 1
+def _partials(load_kv, q_ref, o_ref, m_ref, l_ref, *, start, n, blk: int, scale: float):
+  """One key block's flash-decoding partial for the 16 query rows: o [16, Dh] (unnormalised
+  weighted values), m [16] (max score), l [16] (sum of exp(score - m)). load_kv(idx) gives the
+  block's keys and values [blk, Dh]; a block past the row's length n writes the neutral partial
+  (0, -1e30, 0) without reading them."""
   idx = start + jnp.arange(blk)
 
   @pl.when(start < n)
   def _():
-    new = (idx == end)[:, None]
-    k = jnp.where(new, kn_ref[...], k_ref[...])                             # [blk, Dh]
-    v = jnp.where(new, vn_ref[...], v_ref[...])
+    k, v = load_kv(idx)
     s = jnp.dot(q_ref[...], k.T, preferred_element_type=jnp.float32) * scale  # [16, blk]
     s = jnp.where((idx < n)[None, :], s, _NEG)
-    m = jnp.max(s, axis=1)
+    m = jnp.max(s, axis=1)                                                  # [16]
     p = jnp.exp(s - m[:, None])
     o_ref[...] = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     m_ref[...] = m
@@ -100,6 +71,27 @@ def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, o_ref, m_ref, l_
     o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
     m_ref[...] = jnp.full(m_ref.shape, _NEG, jnp.float32)
     l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
+
+
+def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale: float, blk: int):
+  """len_ref [] int32; q_ref [16, Dh]; k_ref/v_ref [blk, Dh]; o_ref [16, Dh] f32; m/l [16] f32."""
+  _partials(lambda idx: (k_ref[...], v_ref[...]), q_ref, o_ref, m_ref, l_ref,
+            start=pl.program_id(2) * blk, n=len_ref[...], blk=blk, scale=scale)
+
+
+def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, o_ref, m_ref, l_ref, ko_ref,
+                  vo_ref, *, scale: float, blk: int):
+  """As _kernel with the new token at slot end_ref[] (keys < end are the cache's): kn_ref/vn_ref
+  [1, Dh] its key/value in the cache dtype; ko_ref/vo_ref [blk, Dh] alias k_ref/v_ref's buffers.
+  The stale slot's load may race with the store; it is replaced by kn/vn either way."""
+  start = pl.program_id(2) * blk
+  end = end_ref[...]
+
+  def load_kv(idx):
+    new = (idx == end)[:, None]
+    return (jnp.where(new, kn_ref[...], k_ref[...]), jnp.where(new, vn_ref[...], v_ref[...]))
+
+  _partials(load_kv, q_ref, o_ref, m_ref, l_ref, start=start, n=end + 1, blk=blk, scale=scale)
 
   @pl.when((start <= end) & (end < start + blk))
   def _():
