@@ -60,6 +60,8 @@ flags.DEFINE_float("pause_exit_fraction", 0.0, "multi-turn: end a chunk once thi
                    "paused at a tool call (RolloutConfig.pause_exit_fraction)")
 flags.DEFINE_string("json_out", "", "write all results as JSON here")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
+flags.DEFINE_integer("cache_write_max_rows", -1, "attn_impl=pallas: rows up to which the decode "
+                     "kernel appends k/v itself (decode_attention.WRITE_MAX_ROWS; -1: as set there)")
 FLAGS = flags.FLAGS
 
 
@@ -186,7 +188,9 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from masksearch_jax.model import config, qwen2
+  from masksearch_jax.model import config, decode_attention, qwen2
+  if FLAGS.cache_write_max_rows >= 0:     # read when the decode step is traced: a process-wide A/B
+    decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   itemsize = 2 if FLAGS.dtype == "bfloat16" else 4
   dev = jax.devices()[0]
