@@ -92,14 +92,19 @@ def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
   return _per_shard(fn, q, k, v, mask, extra_is_mask=True)
 
 
+def _decode_kernel_runs(impl: str, q, k_cache) -> bool:
+  """impl "pallas" on a GPU (CPU: interpret mode) and a shape model/decode_attention.py takes."""
+  return (impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
+          and decode_attention.supported(q.shape, k_cache.shape))
+
+
 def decode_writes_cache(impl: str, q, k_cache) -> bool:
   """Whether attend_decode_write runs (the one-kernel append + attend): impl "pallas" on a GPU
   (CPU: interpret mode), at most decode_attention.WRITE_MAX_ROWS rows (where it was measured),
   a supported shape, q and the cache in one dtype, and no mesh that splits the batch or heads
   (the kernel is not partitioned; the scatter path is)."""
-  return (impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
-          and q.shape[0] <= decode_attention.WRITE_MAX_ROWS
-          and decode_attention.supported(q.shape, k_cache.shape) and q.dtype == k_cache.dtype
+  return (_decode_kernel_runs(impl, q, k_cache)
+          and q.shape[0] <= decode_attention.WRITE_MAX_ROWS and q.dtype == k_cache.dtype
           and shard_specs(jax.sharding.get_abstract_mesh(), q.shape[0], q.shape[2],
                           k_cache.shape[2]) is None)
 
@@ -117,10 +122,8 @@ def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):
   lengths [B]: slots < length are visible, the same as `mask`). impl="pallas" runs the one-kernel
   decode (model/decode_attention.py, a Triton kernel: on GPUs, and in interpret mode on CPU for
   tests) where its shapes allow; everything else (TPUs included) goes through `attend`."""
-  backend = jax.default_backend()
-  if (impl != "pallas" or backend not in ("gpu", "cpu")
-      or not decode_attention.supported(q.shape, k.shape)):
+  if not _decode_kernel_runs(impl, q, k):
     return attend(q, k, v, mask, impl=impl)
-  interpret = backend == "cpu"
+  interpret = jax.default_backend() == "cpu"
   fn = lambda q, k, v, n: decode_attention.decode_attend(q, k, v, n, interpret=interpret)
   return _per_shard(fn, q, k, v, lengths, extra_is_mask=False)

@@ -117,6 +117,19 @@ def _padded_queries(q, kh):
   return jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - h // kh), (0, 0))).reshape(b * kh, _Q_ROWS, dh)
 
 
+def _partials_io(b: int, kh: int, nb: int, dh: int):
+  """(q block spec, partial out specs, partial out shapes) of a grid (row, kv head, key block):
+  q [B * K, 16, Dh] in; o [B * K * nb, 16, Dh], m / l [B * K * nb, 16] f32 out."""
+  part = lambda i, j, c: ((i * kh + j) * nb + c, 0)
+  q_spec = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0))
+  specs = [pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
+           pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part)]
+  shapes = [jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS, dh), jnp.float32),
+            jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
+            jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32)]
+  return q_spec, specs, shapes
+
+
 def _compiler_params(interpret: bool) -> dict:
   if interpret:
     return {}
@@ -138,20 +151,15 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
   k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
   kv_spec = pl.BlockSpec((None, blk, dh), lambda i, j, c: (i, c, j))
   new_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * kh + j, 0, 0))
-  part = lambda i, j, c: ((i * kh + j) * nb + c, 0)
+  q_spec, part_specs, part_shapes = _partials_io(b, kh, nb, dh)
   o, m, l, k3, v3 = pl.pallas_call(
       functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk),
       grid=(b, kh, nb),
-      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)),
-                pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0)),
-                new_spec, new_spec, kv_spec, kv_spec],
-      out_specs=[pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
-                 pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part),
-                 kv_spec, kv_spec],
-      out_shape=[jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS, dh), jnp.float32),
-                 jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
-                 jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
-                 jax.ShapeDtypeStruct(k3.shape, k3.dtype), jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
+      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, new_spec, new_spec,
+                kv_spec, kv_spec],
+      out_specs=part_specs + [kv_spec, kv_spec],
+      out_shape=part_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
+                               jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
       input_output_aliases={4: 3, 5: 4},
       interpret=interpret, name="decode_attention_write", **_compiler_params(interpret),
   )(end.astype(jnp.int32), _padded_queries(q, kh), k_new.reshape(b * kh, 1, dh),
@@ -172,18 +180,12 @@ def decode_attend(q, k, v, lengths, *, interpret: bool = False):
   qg = _padded_queries(q, kh)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
   kv_spec = pl.BlockSpec((None, blk, dh), lambda i, j, c: (i, c, j))
-  part = lambda i, j, c: ((i * kh + j) * nb + c, 0)
+  q_spec, part_specs, part_shapes = _partials_io(b, kh, nb, dh)
   o, m, l = pl.pallas_call(
       functools.partial(_kernel, scale=dh ** -0.5, blk=blk),
       grid=(b, kh, nb),
-      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)),
-                pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0)),
-                kv_spec, kv_spec],
-      out_specs=[pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
-                 pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part)],
-      out_shape=[jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS, dh), jnp.float32),
-                 jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
-                 jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32)],
+      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, kv_spec, kv_spec],
+      out_specs=part_specs, out_shape=part_shapes,
       interpret=interpret, name="decode_attention", **_compiler_params(interpret),
   )(lengths.astype(jnp.int32), qg, k3, v3)
   return _merge(o, m, l, b, kh, nb, g, h, dh, q.dtype)
