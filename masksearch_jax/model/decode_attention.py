@@ -30,14 +30,30 @@ from jax.experimental import pallas as pl
 _Q_ROWS = 16                       # tl.dot needs >= 16 rows: the G query heads of a group are padded
 _NEG = -1e30
 WRITE_MAX_ROWS = 8                 # rows up to which the model appends k/v inside the kernel
+# Programs a layer's kernel aims for (about two per SM of an H100/H200): the keys of one (row, kv
+# head) are split over just enough programs to reach it. Few rows (batch 1): every 64-key block is
+# its own program and an XLA merge combines them (flash-decoding); many rows: each program walks
+# its share of the keys with an online softmax, and with one share a row the kernel normalises
+# its output itself (no partials, no merge kernel). KEY_SPLITS (set by benchmarks) forces a count.
+MIN_PROGRAMS = 256
+KEY_SPLITS: int | None = None
 
 
 def block_size(s: int) -> int | None:
-  """Keys per program: the largest of 64/32/16 dividing the cache length (None: unsupported)."""
+  """Keys per inner step: the largest of 64/32/16 dividing the cache length (None: unsupported)."""
   for blk in (64, 32, 16):
     if s % blk == 0:
       return blk
   return None
+
+
+def key_splits(b: int, kh: int, nb: int) -> int:
+  """Programs per (row, kv head) for nb key blocks: the smallest divisor of nb that gives
+  MIN_PROGRAMS programs (nb when none does), or the largest divisor <= KEY_SPLITS if set."""
+  divisors = [d for d in range(1, nb + 1) if nb % d == 0]
+  if KEY_SPLITS:
+    return max(d for d in divisors if d <= KEY_SPLITS)
+  return next((d for d in divisors if b * kh * d >= MIN_PROGRAMS), nb)
 
 
 def supported(q_shape, k_shape) -> bool:
@@ -48,67 +64,93 @@ def supported(q_shape, k_shape) -> bool:
           and block_size(s) is not None)
 
 
-def _partials(load_kv, q_ref, o_ref, m_ref, l_ref, *, start, n, blk: int, scale: float):
-  """One key block's flash-decoding partial for the 16 query rows: o [16, Dh] (unnormalised
-  weighted values), m [16] (max score), l [16] (sum of exp(score - m)). load_kv(idx) gives the
-  block's keys and values [blk, Dh]; a block past the row's length n writes the neutral partial
-  (0, -1e30, 0) without reading them."""
-  idx = start + jnp.arange(blk)
+def _attend_span(load_kv, q, *, start, n, blk: int, steps: int, scale: float):
+  """Online softmax of the 16 query rows q [16, Dh] over keys [start, start + steps * blk), of
+  which those >= n are masked (and not read: load_kv(i, live) loads block i's keys and values
+  [blk, Dh] only where live [blk]). Returns (acc [16, Dh] unnormalised, m [16], l [16]) in f32.
+  With start < n the first block has a live key, so m is finite from then on; a program wholly
+  past n reads nothing and returns m = -1e30, which _finish turns into the neutral partial."""
+  def body(i, carry):
+    m, l, acc = carry
+    live = start + i * blk + jnp.arange(blk) < n
+    k, v = load_kv(i, live)
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale          # [16, blk]
+    s = jnp.where(live[None, :], s, _NEG)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    acc = acc * alpha[:, None] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return m_new, l * alpha + jnp.sum(p, axis=1), acc
 
-  @pl.when(start < n)
-  def _():
-    k, v = load_kv(idx)
-    s = jnp.dot(q_ref[...], k.T, preferred_element_type=jnp.float32) * scale  # [16, blk]
-    s = jnp.where((idx < n)[None, :], s, _NEG)
-    m = jnp.max(s, axis=1)                                                  # [16]
-    p = jnp.exp(s - m[:, None])
-    o_ref[...] = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    m_ref[...] = m
-    l_ref[...] = jnp.sum(p, axis=1)
-
-  @pl.when(start >= n)
-  def _():
-    o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
-    m_ref[...] = jnp.full(m_ref.shape, _NEG, jnp.float32)
-    l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
-
-
-def _kernel(len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, *, scale: float, blk: int):
-  """len_ref [] int32; q_ref [16, Dh]; k_ref/v_ref [blk, Dh]; o_ref [16, Dh] f32; m/l [16] f32."""
-  _partials(lambda idx: (k_ref[...], v_ref[...]), q_ref, o_ref, m_ref, l_ref,
-            start=pl.program_id(2) * blk, n=len_ref[...], blk=blk, scale=scale)
+  init = (jnp.full((_Q_ROWS,), _NEG, jnp.float32), jnp.zeros((_Q_ROWS,), jnp.float32),
+          jnp.zeros((_Q_ROWS, q.shape[-1]), jnp.float32))
+  m, l, acc = jax.lax.fori_loop(0, steps, body, init)
+  return acc, m, l
 
 
-def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, o_ref, m_ref, l_ref, ko_ref,
-                  vo_ref, *, scale: float, blk: int):
+def _finish(acc, m, l, out_refs, *, start, n):
+  """Store a program's result: with partial refs (o, m, l) its flash-decoding partial (a program
+  wholly past the row's length writes the neutral (0, -1e30, 0)); with one ref (the program saw
+  all of the row's keys) the normalised output in that ref's dtype."""
+  if len(out_refs) == 1:
+    out_refs[0][...] = (acc / jnp.maximum(l, 1e-30)[:, None]).astype(out_refs[0].dtype)
+    return
+  o_ref, m_ref, l_ref = out_refs
+  live = start < n
+  o_ref[...] = jnp.where(live, acc, 0.0)
+  m_ref[...] = jnp.where(live, m, _NEG)
+  l_ref[...] = jnp.where(live, l, 0.0)
+
+
+def _masked_block(ref, i, blk, live):
+  """Block i [blk, Dh] of a [steps * blk, Dh] key or value ref; rows not `live` read as 0 without
+  touching memory (Triton predicates the load), so keys past a row's length cost no bandwidth."""
+  from jax.experimental.pallas import triton as plgpu
+  return plgpu.load(ref.at[pl.ds(i * blk, blk), :], mask=live[:, None], other=0)
+
+
+def _kernel(len_ref, q_ref, k_ref, v_ref, *out_refs, scale: float, blk: int, steps: int):
+  """len_ref [] int32; q_ref [16, Dh]; k_ref/v_ref [steps * blk, Dh]; out_refs: o [16, Dh] f32,
+  m/l [16] f32 (partials), or out [16, Dh] (one program a row and kv head)."""
+  start, n = pl.program_id(2) * steps * blk, len_ref[...]
+  load_kv = lambda i, live: (_masked_block(k_ref, i, blk, live), _masked_block(v_ref, i, blk, live))
+  acc, m, l = _attend_span(load_kv, q_ref[...], start=start, n=n, blk=blk, steps=steps,
+                           scale=scale)
+  _finish(acc, m, l, out_refs, start=start, n=n)
+
+
+def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, *refs, scale: float, blk: int,
+                  steps: int):
   """As _kernel with the new token at slot end_ref[] (keys < end are the cache's): kn_ref/vn_ref
-  [1, Dh] its key/value in the cache dtype; ko_ref/vo_ref [blk, Dh] alias k_ref/v_ref's buffers.
-  The stale slot's load may race with the store; it is replaced by kn/vn either way."""
-  start = pl.program_id(2) * blk
-  end = end_ref[...]
+  [1, Dh] its key/value in the cache dtype; the last two refs [steps * blk, Dh] alias k_ref/
+  v_ref's buffers. The stale slot's load may race with the store; it is replaced by kn/vn."""
+  *out_refs, ko_ref, vo_ref = refs
+  start, end = pl.program_id(2) * steps * blk, end_ref[...]
 
-  def load_kv(idx):
-    new = (idx == end)[:, None]
-    return (jnp.where(new, kn_ref[...], k_ref[...]), jnp.where(new, vn_ref[...], v_ref[...]))
+  def load_kv(i, live):
+    new = (start + i * blk + jnp.arange(blk) == end)[:, None]
+    return (jnp.where(new, kn_ref[...], _masked_block(k_ref, i, blk, live)),
+            jnp.where(new, vn_ref[...], _masked_block(v_ref, i, blk, live)))
 
-  _partials(load_kv, q_ref, o_ref, m_ref, l_ref, start=start, n=end + 1, blk=blk, scale=scale)
+  acc, m, l = _attend_span(load_kv, q_ref[...], start=start, n=end + 1, blk=blk, steps=steps,
+                           scale=scale)
+  _finish(acc, m, l, out_refs, start=start, n=end + 1)
 
-  @pl.when((start <= end) & (end < start + blk))
+  @pl.when((start <= end) & (end < start + steps * blk))
   def _():
     ko_ref[pl.ds(end - start, 1), :] = kn_ref[...]
     vo_ref[pl.ds(end - start, 1), :] = vn_ref[...]
 
 
-def _merge(o, m, l, b, kh, nb, g, h, dh, dtype):
-  """Flash-decoding merge of the key blocks' partials -> [B, 1, H, Dh]: weights exp(m_c - max_c
-  m_c); skipped blocks have m = -1e30 -> weight 0."""
-  o = o.reshape(b, kh, nb, _Q_ROWS, dh)
-  m, l = m.reshape(b, kh, nb, _Q_ROWS), l.reshape(b, kh, nb, _Q_ROWS)
-  w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                      # [B, K, nb, 16]
-  num = jnp.sum(o * w[..., None], axis=2)                                  # [B, K, 16, Dh]
+def _merge(o, m, l, b, kh, ns, g, h, dh, dtype):
+  """Flash-decoding merge of the key splits' partials -> [B, 1, H, Dh]: weights exp(m_c - max_c
+  m_c); splits past the length have m = -1e30 -> weight 0. Only the G real query rows are read."""
+  o = o.reshape(b, kh, ns, _Q_ROWS, dh)[:, :, :, :g]
+  m, l = (x.reshape(b, kh, ns, _Q_ROWS)[..., :g] for x in (m, l))
+  w = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))                      # [B, K, ns, G]
+  num = jnp.sum(o * w[..., None], axis=2)                                  # [B, K, G, Dh]
   den = jnp.sum(l * w, axis=2)[..., None]
-  out = (num / jnp.maximum(den, 1e-30))[:, :, :g]                          # [B, K, G, Dh]
-  return out.reshape(b, 1, h, dh).astype(dtype)
+  return (num / jnp.maximum(den, 1e-30)).reshape(b, 1, h, dh).astype(dtype)
 
 
 def _padded_queries(q, kh):
@@ -117,17 +159,27 @@ def _padded_queries(q, kh):
   return jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - h // kh), (0, 0))).reshape(b * kh, _Q_ROWS, dh)
 
 
-def _partials_io(b: int, kh: int, nb: int, dh: int):
-  """(q block spec, partial out specs, partial out shapes) of a grid (row, kv head, key block):
-  q [B * K, 16, Dh] in; o [B * K * nb, 16, Dh], m / l [B * K * nb, 16] f32 out."""
-  part = lambda i, j, c: ((i * kh + j) * nb + c, 0)
+def _outputs_io(b: int, kh: int, ns: int, dh: int, dtype):
+  """(q block spec, out specs, out shapes) of a grid (row, kv head, key split): q [B * K, 16, Dh]
+  in; partials o [B * K * ns, 16, Dh], m / l [B * K * ns, 16] f32 out — or, with one split,
+  the normalised [B * K, 16, Dh] in `dtype`."""
   q_spec = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0))
+  if ns == 1:
+    return (q_spec, [q_spec], [jax.ShapeDtypeStruct((b * kh, _Q_ROWS, dh), dtype)])
+  part = lambda i, j, c: ((i * kh + j) * ns + c, 0)
   specs = [pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
            pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part)]
-  shapes = [jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS, dh), jnp.float32),
-            jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32),
-            jax.ShapeDtypeStruct((b * kh * nb, _Q_ROWS), jnp.float32)]
+  shapes = [jax.ShapeDtypeStruct((b * kh * ns, _Q_ROWS, dh), jnp.float32),
+            jax.ShapeDtypeStruct((b * kh * ns, _Q_ROWS), jnp.float32),
+            jax.ShapeDtypeStruct((b * kh * ns, _Q_ROWS), jnp.float32)]
   return q_spec, specs, shapes
+
+
+def _combine(outs, b, kh, ns, g, h, dh, dtype):
+  """The kernel's outputs -> [B, 1, H, Dh]: the merge of partials, or the G real rows."""
+  if ns == 1:
+    return outs[0].reshape(b, kh, _Q_ROWS, dh)[:, :, :g].reshape(b, 1, h, dh)
+  return _merge(*outs, b, kh, ns, g, h, dh, dtype)
 
 
 def _compiler_params(interpret: bool) -> dict:
@@ -137,55 +189,62 @@ def _compiler_params(interpret: bool) -> dict:
   return {"compiler_params": plgpu.CompilerParams(num_warps=4, num_stages=2)}
 
 
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bool = False):
+def _kv_spec(span: int, dh: int):
+  """Keys (or values) [span, Dh] of one kv head from the cache viewed as [B, S, K * Dh]."""
+  return pl.BlockSpec((None, span, dh), lambda i, j, c: (i, c, j))
+
+
+@functools.partial(jax.jit, static_argnames=("interpret", "splits"))
+def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bool = False,
+                        splits: int | None = None):
   """Append one token to the cache and attend over it, in one kernel. q [B, 1, H, Dh]; k_new/
   v_new [B, 1, K, Dh] and the caches [B, S, K, Dh] in one dtype (q's); end [B] int32: the slot
   of the new token (slots < end hold the row's keys; end >= S: the token is dropped and all S
-  slots attended, as the scatter with mode="drop" and lengths end + 1 did).
+  slots attended, as the scatter with mode="drop" and lengths end + 1 did). splits: programs per
+  (row, kv head), a divisor of S / block_size(S) (None: key_splits' choice).
   Returns (out [B, 1, H, Dh], k_cache, v_cache) with the caches updated in place."""
   b, _, h, dh = q.shape
   s, kh = k_cache.shape[1], k_cache.shape[2]
   blk = block_size(s)
-  nb = s // blk
+  ns = splits or key_splits(b, kh, s // blk)
+  steps = s // blk // ns
   k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
-  kv_spec = pl.BlockSpec((None, blk, dh), lambda i, j, c: (i, c, j))
+  kv_spec = _kv_spec(steps * blk, dh)
   new_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * kh + j, 0, 0))
-  q_spec, part_specs, part_shapes = _partials_io(b, kh, nb, dh)
-  o, m, l, k3, v3 = pl.pallas_call(
-      functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk),
-      grid=(b, kh, nb),
+  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
+  *outs, k3, v3 = pl.pallas_call(
+      functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk, steps=steps),
+      grid=(b, kh, ns),
       in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, new_spec, new_spec,
                 kv_spec, kv_spec],
-      out_specs=part_specs + [kv_spec, kv_spec],
-      out_shape=part_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
-                               jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
-      input_output_aliases={4: 3, 5: 4},
+      out_specs=out_specs + [kv_spec, kv_spec],
+      out_shape=out_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
+                              jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
+      input_output_aliases={4: len(out_specs), 5: len(out_specs) + 1},
       interpret=interpret, name="decode_attention_write", **_compiler_params(interpret),
   )(end.astype(jnp.int32), _padded_queries(q, kh), k_new.reshape(b * kh, 1, dh),
     v_new.reshape(b * kh, 1, dh), k3, v3)
-  out = _merge(o, m, l, b, kh, nb, h // kh, h, dh, q.dtype)
+  out = _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)
   return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("interpret",))
-def decode_attend(q, k, v, lengths, *, interpret: bool = False):
+@functools.partial(jax.jit, static_argnames=("interpret", "splits"))
+def decode_attend(q, k, v, lengths, *, interpret: bool = False, splits: int | None = None):
   """q [B, 1, H, Dh], k/v [B, S, K, Dh] (the cache), lengths [B] int32 (slots < length are
-  attended; >= 1) -> [B, 1, H, Dh] in q's dtype."""
+  attended; >= 1) -> [B, 1, H, Dh] in q's dtype. splits: as in decode_attend_write."""
   b, _, h, dh = q.shape
   s, kh = k.shape[1], k.shape[2]
-  g = h // kh
   blk = block_size(s)
-  nb = s // blk
-  qg = _padded_queries(q, kh)
+  ns = splits or key_splits(b, kh, s // blk)
+  steps = s // blk // ns
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
-  kv_spec = pl.BlockSpec((None, blk, dh), lambda i, j, c: (i, c, j))
-  q_spec, part_specs, part_shapes = _partials_io(b, kh, nb, dh)
-  o, m, l = pl.pallas_call(
-      functools.partial(_kernel, scale=dh ** -0.5, blk=blk),
-      grid=(b, kh, nb),
+  kv_spec = _kv_spec(steps * blk, dh)
+  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
+  outs = pl.pallas_call(
+      functools.partial(_kernel, scale=dh ** -0.5, blk=blk, steps=steps),
+      grid=(b, kh, ns),
       in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, kv_spec, kv_spec],
-      out_specs=part_specs, out_shape=part_shapes,
+      out_specs=out_specs, out_shape=out_shapes,
       interpret=interpret, name="decode_attention", **_compiler_params(interpret),
-  )(lengths.astype(jnp.int32), qg, k3, v3)
-  return _merge(o, m, l, b, kh, nb, g, h, dh, q.dtype)
+  )(lengths.astype(jnp.int32), _padded_queries(q, kh), k3, v3)
+  return _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)

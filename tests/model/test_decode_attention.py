@@ -16,23 +16,43 @@ def _inputs(b, h, kh, dh, s, dtype, seed=0):
   return q, k, v
 
 
-@pytest.mark.parametrize("b,h,kh,dh,s,lengths", [
-    (3, 12, 2, 128, 768, [1, 300, 768]),      # 1.5B head shape; first/middle/last key block
-    (2, 4, 2, 16, 64, [17, 64]),             # tiny: 2 query heads per group, 16-key blocks
-    (1, 14, 2, 64, 96, [33]),                # 0.5B head shape, 96 = 3 blocks of 32
-    (2, 16, 1, 32, 48, [48, 5]),             # 16 query heads per kv head (no padding rows)
+@pytest.mark.parametrize("b,h,kh,dh,s,lengths,splits", [
+    (3, 12, 2, 128, 768, [1, 300, 768], None),  # 1.5B head shape; first/middle/last key block
+    (3, 12, 2, 128, 768, [1, 300, 768], 1),     # one program a row: online softmax, no merge
+    (3, 12, 2, 128, 768, [1, 300, 768], 3),     # 4 key blocks a program, some wholly past n
+    (2, 4, 2, 16, 64, [17, 64], None),          # tiny: 2 query heads per group, 16-key blocks
+    (1, 14, 2, 64, 96, [33], None),             # 0.5B head shape, 96 = 3 blocks of 32
+    (1, 14, 2, 64, 96, [33], 1),
+    (2, 16, 1, 32, 48, [48, 5], None),          # 16 query heads per kv head (no padding rows)
 ])
-def test_kernel_matches_xla_attention(b, h, kh, dh, s, lengths):
+def test_kernel_matches_xla_attention(b, h, kh, dh, s, lengths, splits):
   q, k, v = _inputs(b, h, kh, dh, s, jnp.float32)
   n = jnp.asarray(lengths, jnp.int32)
   mask = jnp.arange(s)[None, None, :] < n[:, None, None]
   want = attention.attend_xla(q, k, v, mask)
-  got = da.decode_attend(q, k, v, n, interpret=True)
+  got = da.decode_attend(q, k, v, n, interpret=True, splits=splits)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-6, rtol=0)
-  # keys past a row's length never matter (the kernel skips or masks them)
-  k2 = jnp.where(jnp.arange(s)[None, :, None, None] < n[:, None, None, None], k, 1e3)
-  np.testing.assert_allclose(np.asarray(da.decode_attend(q, k2, v, n, interpret=True)),
-                             np.asarray(got), atol=1e-6)
+  # keys past a row's length never matter (the kernel skips or masks them), not even NaNs
+  k2 = jnp.where(jnp.arange(s)[None, :, None, None] < n[:, None, None, None], k, jnp.nan)
+  np.testing.assert_allclose(
+      np.asarray(da.decode_attend(q, k2, v, n, interpret=True, splits=splits)),
+      np.asarray(got), atol=1e-6)
+
+
+def test_key_splits():
+  """Just enough programs per (row, kv head) to reach MIN_PROGRAMS; a forced count is rounded
+  down to a divisor of the key blocks."""
+  assert da.MIN_PROGRAMS == 256
+  assert da.key_splits(1, 2, 12) == 12            # batch 1: every 64-key block its own program
+  assert da.key_splits(64, 2, 12) == 2            # 128 rows x heads: two programs each
+  assert da.key_splits(128, 2, 12) == 1           # one program a row and head: no merge
+  assert da.key_splits(1, 2, 7) == 7
+  old = da.KEY_SPLITS
+  try:
+    da.KEY_SPLITS = 5
+    assert da.key_splits(64, 2, 12) == 4
+  finally:
+    da.KEY_SPLITS = old
 
 
 def test_bfloat16_within_rounding():
@@ -82,9 +102,12 @@ def test_model_decode_step_pallas_equals_xla():
   np.testing.assert_array_equal(outs["xla"][1]["end"], outs["pallas"][1]["end"])
 
 
-@pytest.mark.parametrize("s,ends", [(768, [0, 63, 64, 700]),     # block edges, 64-key blocks
-                                    (48, [47, 48, 100, 5])])     # a full row: the token dropped
-def test_write_kernel_equals_scatter_then_attend(s, ends):
+@pytest.mark.parametrize("s,ends,splits", [
+    (768, [0, 63, 64, 700], None),     # block edges, 64-key blocks
+    (768, [0, 63, 64, 700], 1),        # one program a row: the new slot inside its loop
+    (768, [0, 255, 256, 700], 3),      # four blocks a program: the slot at a program's edges
+    (48, [47, 48, 100, 5], None)])     # a full row: the token dropped
+def test_write_kernel_equals_scatter_then_attend(s, ends, splits):
   b, h, kh, dh = 4, 12, 2, 32
   q, k, v = _inputs(b, h, kh, dh, s, jnp.float32, seed=3)
   kn, vn = (jnp.asarray(np.random.default_rng(4 + i).normal(size=(b, 1, kh, dh)), jnp.float32)
@@ -95,7 +118,7 @@ def test_write_kernel_equals_scatter_then_attend(s, ends):
   v2 = v.at[rows, slots].set(vn, mode="drop")
   mask = jnp.arange(s)[None, None, :] < (end + 1)[:, None, None]
   want = attention.attend_xla(q, k2, v2, mask)
-  out, kc, vc = da.decode_attend_write(q, kn, vn, k, v, end, interpret=True)
+  out, kc, vc = da.decode_attend_write(q, kn, vn, k, v, end, interpret=True, splits=splits)
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=2e-6, rtol=0)
   np.testing.assert_array_equal(np.asarray(kc), np.asarray(k2))
   np.testing.assert_array_equal(np.asarray(vc), np.asarray(v2))
