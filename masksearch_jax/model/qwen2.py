@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from masksearch_jax.model import attention, decode_linear, residual_norm
+from masksearch_jax.model import (attention, decode_attention_rope, decode_linear,
+                                  residual_norm)
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
 from masksearch_jax.model.config import Qwen2Config
 
@@ -287,6 +288,13 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     h, normed = residual_norm.add_norm(h, pending, lp.get("input_norm"), eps=cfg.rms_norm_eps,
                                        interpret=jax.default_backend() == "cpu")
   defer = pending is not None
+  if _rope_in_attention(cfg, h, lp, cache_kv, fused, impl, dtype):
+    x, scale = normed or _normed(cfg, h, lp, "input_norm")
+    y = rows_einsum("bti,io->bto", x, c(lp["qkv"]))                  # raw: no scale, bias, RoPE
+    a, kc, vc = attention.attend_decode_write_rope(
+        y, scale, c(lp["qkv_bias"]), positions, *cache_kv, cache_end, heads=cfg.num_heads,
+        kv_heads=cfg.num_kv_heads, theta=cfg.rope_theta)
+    return _out_mlp(cfg, h, a, lp, c, fused, defer), (kc, vc)
   q, k, v = _qkv(cfg, h, lp, positions, c, fused, normed)
   new_kv = None
   if (cache_kv is not None and q.shape[1] == 1
@@ -308,6 +316,18 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
   return _out_mlp(cfg, h, a, lp, c, fused, defer), new_kv
+
+
+def _rope_in_attention(cfg, h, lp, cache_kv, fused, impl, dtype) -> bool:
+  """Whether a one-token decode step hands the raw fused q/k/v product to the attention kernel,
+  which adds the bias and row scale and applies RoPE itself (model/decode_attention_rope.py):
+  where the k/v-appending kernel runs (attention.decode_writes_cache), decode_layout's XLA
+  projections (not the Pallas ones, which do RoPE in their own kernel)."""
+  if fused or cache_kv is None or h.shape[1] != 1 or "qkv" not in lp:
+    return False
+  q = jax.ShapeDtypeStruct((h.shape[0], 1, cfg.num_heads, cfg.dim_per_head), dtype)
+  return (decode_attention_rope.ENABLED and cfg.dim_per_head % 32 == 0
+          and attention.decode_writes_cache(impl, q, cache_kv[0]))
 
 
 def _defers_residuals(cfg, params, tokens, cache, attn_impl, scan_layers) -> bool:
