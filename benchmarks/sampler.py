@@ -62,11 +62,6 @@ flags.DEFINE_string("json_out", "", "write all results as JSON here")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 flags.DEFINE_integer("cache_write_max_rows", -1, "attn_impl=pallas: rows up to which the decode "
                      "kernel appends k/v itself (decode_attention.WRITE_MAX_ROWS; -1: as set there)")
-flags.DEFINE_bool("decode_add_norm", True, "attn_impl=pallas: each residual add and the norm after "
-                  "it as one kernel (model/residual_norm.py; residual_norm.ENABLED)")
-flags.DEFINE_bool("decode_rope_in_kernel", True, "attn_impl=pallas, <= WRITE_MAX_ROWS rows: the "
-                  "attention kernel adds the q/k/v bias and applies RoPE itself "
-                  "(model/decode_attention_rope.py; decode_attention_rope.ENABLED)")
 flags.DEFINE_integer("decode_key_splits", 0, "attn_impl=pallas: programs per (row, kv head) of the "
                      "decode-attention kernel (decode_attention.KEY_SPLITS; 0: its own choice)")
 FLAGS = flags.FLAGS
@@ -195,13 +190,10 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from masksearch_jax.model import (config, decode_attention, decode_attention_rope, qwen2,
-                                    residual_norm)
+  from masksearch_jax.model import config, decode_attention, qwen2
   if FLAGS.cache_write_max_rows >= 0:     # read when the decode step is traced: a process-wide A/B
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
-  residual_norm.ENABLED = FLAGS.decode_add_norm
-  decode_attention_rope.ENABLED = FLAGS.decode_rope_in_kernel
   dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   itemsize = 2 if FLAGS.dtype == "bfloat16" else 4
   dev = jax.devices()[0]

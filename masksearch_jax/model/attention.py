@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from masksearch_jax.model import decode_attention, decode_attention_rope
+from masksearch_jax.model import decode_attention
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas")
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -115,16 +115,6 @@ def attend_decode_write(q, k_new, v_new, k_cache, v_cache, end):
   Only where decode_writes_cache(...) holds. Returns (out [B, 1, H, Dh], k_cache, v_cache)."""
   return decode_attention.decode_attend_write(q, k_new, v_new, k_cache, v_cache, end,
                                               interpret=jax.default_backend() == "cpu")
-
-
-def attend_decode_write_rope(y, row_scale, bias, positions, k_cache, v_cache, end, *, heads: int,
-                             kv_heads: int, theta: float):
-  """attend_decode_write from the raw q/k/v product y [B, 1, (H + 2K) * Dh]: the kernel adds the
-  row scale and bias and applies RoPE itself (model/decode_attention_rope.py). Only where
-  decode_writes_cache(...) holds for the q it replaces."""
-  return decode_attention_rope.decode_attend_write_rope(
-      y, row_scale, bias, positions, k_cache, v_cache, end, heads=heads, kv_heads=kv_heads,
-      theta=theta, interpret=jax.default_backend() == "cpu")
 
 
 def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):

@@ -67,29 +67,23 @@ def supported(q_shape, k_shape) -> bool:
 def _attend_span(load_kv, q, *, start, n, blk: int, steps: int, scale: float):
   """Online softmax of the 16 query rows q [16, Dh] over keys [start, start + steps * blk), of
   which those >= n are masked (and not read: load_kv(i, live) loads block i's keys and values
-  [blk, Dh] only where live [blk]). q and the keys may come as tuples of column parts (the
-  RoPE halves of decode_attention_rope), whose products are summed. Returns (acc [16, Dh]
-  unnormalised, m [16], l [16]) in f32.
+  [blk, Dh] only where live [blk]). Returns (acc [16, Dh] unnormalised, m [16], l [16]) in f32.
   With start < n the first block has a live key, so m is finite from then on; a program wholly
   past n reads nothing and returns m = -1e30, which _finish turns into the neutral partial."""
-  qs = q if isinstance(q, tuple) else (q,)
-
   def body(i, carry):
     m, l, acc = carry
     live = start + i * blk + jnp.arange(blk) < n
     k, v = load_kv(i, live)
-    ks = k if isinstance(k, tuple) else (k,)
-    s = sum(jnp.dot(qp, kp.T, preferred_element_type=jnp.float32) for qp, kp in zip(qs, ks))
-    s = jnp.where(live[None, :], s * scale, _NEG)                              # [16, blk]
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale          # [16, blk]
+    s = jnp.where(live[None, :], s, _NEG)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     alpha = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[:, None])
     acc = acc * alpha[:, None] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return m_new, l * alpha + jnp.sum(p, axis=1), acc
 
-  dh = sum(qp.shape[-1] for qp in qs)
   init = (jnp.full((_Q_ROWS,), _NEG, jnp.float32), jnp.zeros((_Q_ROWS,), jnp.float32),
-          jnp.zeros((_Q_ROWS, dh), jnp.float32))
+          jnp.zeros((_Q_ROWS, q.shape[-1]), jnp.float32))
   m, l, acc = jax.lax.fori_loop(0, steps, body, init)
   return acc, m, l
 
@@ -108,12 +102,11 @@ def _finish(acc, m, l, out_refs, *, start, n):
   l_ref[...] = jnp.where(live, l, 0.0)
 
 
-def _masked_block(ref, i, blk, live, cols=slice(None)):
-  """Block i [blk, Dh] (or its columns `cols`) of a [steps * blk, Dh] key or value ref; rows not
-  `live` read as 0 without touching memory (Triton predicates the load), so keys past a row's
-  length cost no bandwidth."""
+def _masked_block(ref, i, blk, live):
+  """Block i [blk, Dh] of a [steps * blk, Dh] key or value ref; rows not `live` read as 0 without
+  touching memory (Triton predicates the load), so keys past a row's length cost no bandwidth."""
   from jax.experimental.pallas import triton as plgpu
-  return plgpu.load(ref.at[pl.ds(i * blk, blk), cols], mask=live[:, None], other=0)
+  return plgpu.load(ref.at[pl.ds(i * blk, blk), :], mask=live[:, None], other=0)
 
 
 def _kernel(len_ref, q_ref, k_ref, v_ref, *out_refs, scale: float, blk: int, steps: int):

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from masksearch_jax.model import (attention, decode_attention_rope, decode_linear,
-                                  residual_norm)
+from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
 from masksearch_jax.model.config import Qwen2Config
 
@@ -235,9 +234,8 @@ def _fused_decode(cfg, h, lp, cache_kv) -> bool:
           and ok(b, D, 2 * F, "swiglu") and ok(b, F, D, "plain"))
 
 
-def _qkv(cfg, h, lp, positions, c, fused, normed=None):
-  """Normed input -> q [B, T, H, Dh], k/v [B, T, K, Dh], RoPE applied to q and k. normed: the
-  input norm's (x, scale) if already computed (_layer's `pending`)."""
+def _qkv(cfg, h, lp, positions, c, fused):
+  """Normed input -> q [B, T, H, Dh], k/v [B, T, K, Dh], RoPE applied to q and k."""
   b, t, _ = h.shape
   H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
   if fused:
@@ -247,15 +245,13 @@ def _qkv(cfg, h, lp, positions, c, fused, normed=None):
         theta=cfg.rope_theta)[:, None]
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
     return q.reshape(b, t, H, Dh), k.reshape(b, t, K, Dh), v.reshape(b, t, K, Dh)
-  x, scale = normed or _normed(cfg, h, lp, "input_norm")
+  x, scale = _normed(cfg, h, lp, "input_norm")
   q, k, v = _projections(cfg, x, lp, c, scale)
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
 
-def _out_mlp(cfg, h, a, lp, c, fused, defer=False):
-  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP).
-  defer: the residual add and post-attention norm run as one kernel (residual_norm.add_norm)
-  and the MLP's output is returned unadded, as (h, mlp_out), for the next add_norm."""
+def _out_mlp(cfg, h, a, lp, c, fused):
+  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP)."""
   b, t = a.shape[:2]
   if fused:
     lin = decode_linear.linear
@@ -263,45 +259,24 @@ def _out_mlp(cfg, h, a, lp, c, fused, defer=False):
     u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"], eps=cfg.rms_norm_eps)
     return lin(u, lp["down_t"], residual=hb)[:, None]
   if "o_t" in lp:
-    o = _dense(a.reshape(b, t, -1), lp, "o", c)
+    h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
-    o = rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  if defer:
-    h, (x, scale) = residual_norm.add_norm(h, o, lp.get("post_norm"), eps=cfg.rms_norm_eps,
-                                           interpret=jax.default_backend() == "cpu")
-    return h, _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
-  h = h + o
+    h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
   x, scale = _normed(cfg, h, lp, "post_norm")
   return h + _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
 
 
-def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype,
-           pending=None):
-  """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None).
-  pending [B, 1, D]: the previous block's MLP output, not yet added to h (one-token decode, see
-  _defers_residuals): each residual add then runs with the norm after it as one kernel, and the
-  return is ((h, mlp_out), kv) with this block's MLP output pending in turn."""
+def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):
+  """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
   c = lambda w: w.astype(dtype)
   fused = _fused_decode(cfg, h, lp, cache_kv)
-  normed = None
-  if pending is not None:
-    h, normed = residual_norm.add_norm(h, pending, lp.get("input_norm"), eps=cfg.rms_norm_eps,
-                                       interpret=jax.default_backend() == "cpu")
-  defer = pending is not None
-  if _rope_in_attention(cfg, h, lp, cache_kv, fused, impl, dtype):
-    x, scale = normed or _normed(cfg, h, lp, "input_norm")
-    y = rows_einsum("bti,io->bto", x, c(lp["qkv"]))                  # raw: no scale, bias, RoPE
-    a, kc, vc = attention.attend_decode_write_rope(
-        y, scale, c(lp["qkv_bias"]), positions, *cache_kv, cache_end, heads=cfg.num_heads,
-        kv_heads=cfg.num_kv_heads, theta=cfg.rope_theta)
-    return _out_mlp(cfg, h, a, lp, c, fused, defer), (kc, vc)
-  q, k, v = _qkv(cfg, h, lp, positions, c, fused, normed)
+  q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
   if (cache_kv is not None and q.shape[1] == 1
       and attention.decode_writes_cache(impl, q, cache_kv[0])):     # append + attend: one kernel
     a, kc, vc = attention.attend_decode_write(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv,
                                               cache_end)
-    return _out_mlp(cfg, h, a, lp, c, fused, defer), (kc, vc)
+    return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
   if cache_kv is not None:
     kc, vc = cache_kv
     b, t = k.shape[:2]
@@ -315,32 +290,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
-  return _out_mlp(cfg, h, a, lp, c, fused, defer), new_kv
-
-
-def _rope_in_attention(cfg, h, lp, cache_kv, fused, impl, dtype) -> bool:
-  """Whether a one-token decode step hands the raw fused q/k/v product to the attention kernel,
-  which adds the bias and row scale and applies RoPE itself (model/decode_attention_rope.py):
-  where the k/v-appending kernel runs (attention.decode_writes_cache), decode_layout's XLA
-  projections (not the Pallas ones, which do RoPE in their own kernel)."""
-  if fused or cache_kv is None or h.shape[1] != 1 or "qkv" not in lp:
-    return False
-  q = jax.ShapeDtypeStruct((h.shape[0], 1, cfg.num_heads, cfg.dim_per_head), dtype)
-  return (decode_attention_rope.ENABLED and cfg.dim_per_head % 32 == 0
-          and attention.decode_writes_cache(impl, q, cache_kv[0]))
-
-
-def _defers_residuals(cfg, params, tokens, cache, attn_impl, scan_layers) -> bool:
-  """Whether an unrolled one-token decode step runs each residual add with the norm after it as
-  one kernel (residual_norm.add_norm): attn_impl "pallas" (the sampler's setting for the Pallas
-  decode kernels) on a GPU (CPU: interpret mode), decode_layout params without the Pallas
-  projection kernels (which fold the norms in themselves), no mesh splitting the rows."""
-  layers = params["layers"]
-  return (residual_norm.ENABLED and attn_impl == "pallas" and cache is not None
-          and tokens.shape[1] == 1 and not scan_layers and isinstance(layers, (list, tuple))
-          and "qkv_t" not in layers[0] and jax.default_backend() in ("gpu", "cpu")
-          and attention.shard_specs(jax.sharding.get_abstract_mesh(), tokens.shape[0],
-                                    cfg.num_heads, cfg.num_kv_heads) is None)
+  return _out_mlp(cfg, h, a, lp, c, fused), new_kv
 
 
 def _unstacked_layers(params: Params, num_layers: int) -> list:
@@ -384,7 +334,6 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
 
   layer = functools.partial(_layer, cfg, impl=attn_impl, causal_only=causal_only,
                             dtype=compute_dtype)
-  pending = None                       # a block's MLP output awaiting its add (_defers_residuals)
   policy = REMAT_POLICIES[remat]
   if remat != "none":
     layer = jax.checkpoint(layer, policy=policy, prevent_cse=not scan_layers)
@@ -410,14 +359,8 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
                                     (params["layers"], jnp.arange(cfg.num_layers)))
     else:
       kc, vc = (list(kc), list(vc)) if per_layer else (kc, vc)
-      pending = (jnp.zeros_like(h) if _defers_residuals(cfg, params, tokens, cache, attn_impl,
-                                                        scan_layers) else None)
       for i, lp in enumerate(_unstacked_layers(params, cfg.num_layers)):
-        if pending is None:
-          h, (ki, vi) = layer(h, lp, positions, mask, (kc[i], vc[i]), cache_end)
-        else:
-          (h, pending), (ki, vi) = layer(h, lp, positions, mask, (kc[i], vc[i]), cache_end,
-                                         pending=pending)
+        h, (ki, vi) = layer(h, lp, positions, mask, (kc[i], vc[i]), cache_end)
         if per_layer:
           kc[i], vc[i] = ki, vi
         else:
@@ -430,11 +373,7 @@ def apply(params: Params, cfg: Qwen2Config, tokens: jax.Array, positions: jax.Ar
     logits = decode_linear.linear(h[:, 0], params["lm_head_t"], norm_scale=params["final_norm"],
                                   eps=cfg.rms_norm_eps, out_dtype=jnp.float32)
     return logits[:, None], new_cache
-  if pending is not None:                                   # the last block's add + final norm
-    _, (h, _) = residual_norm.add_norm(h, pending, params["final_norm"], eps=cfg.rms_norm_eps,
-                                       interpret=jax.default_backend() == "cpu")
-  else:
-    h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
+  h = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
   if return_hidden:
     return h, new_cache
   return logits_from_hidden(params, cfg, h), new_cache
