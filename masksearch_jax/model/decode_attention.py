@@ -4,16 +4,20 @@ Why: at decode, XLA lowers attention over the cache to several small kernels per
 softmax reductions, weighted sum), and small kernels are where a 1.5B decode step at batch 1
 spends half its time on an H100 (1.19 of 2.34 ms; benchmarks/RESULTS.md); XLA also reads the whole
 cache, filled or not. This kernel does one layer's attention in one launch, split-K:
-program (row b, kv head h, key block j) reads keys [j*blk, (j+1)*blk) of that head straight from
-the cache layout [B, S, K, Dh] (no transpose copy), skips blocks past the row's length, and writes
-a partial (max, sum, weighted values); a few XLA ops then merge the blocks (flash-decoding).
+program (row b, kv head h, key split c) walks its share of that head's keys straight from the
+cache layout [B, S, K, Dh] (no transpose copy) in 64-key blocks with an online softmax, reads
+nothing past the row's length (masked loads), and writes a partial (max, sum, weighted values);
+a few XLA ops then merge the splits (flash-decoding). How many splits: `key_splits` (one 64-key
+block a program at batch 1; two shares a row at batch 64, where one block a program made the
+partials' traffic half the cache's: 1.5B on an H200, 29,433 vs 28,462 tok/s; RESULTS.md).
 
 `decode_attend_write` also appends the new token's key and value to the cache: the program whose
 key block holds slot `end` (the row's length before this token) attends to the new key from its
 input instead of the cache, and stores it there (the cache is an aliased output). This replaces
 the model's two XLA scatters a layer into the cache (~130-140 us of a 1.5B decode step on an H200
 at batch 1 and 64; benchmarks/RESULTS.md). Measured at batch 1 (two rows): +3% decode tokens/s;
-batch 64 is not measured yet, so the model uses it up to WRITE_MAX_ROWS rows only.
+at batch 64 it loses (28,544 vs 29,433 tok/s, same machine), so the model uses it up to
+WRITE_MAX_ROWS rows only.
 
 Used for `attn_impl="pallas"` when a forward appends exactly one token to a cache; on other
 backends than GPU it runs in Pallas interpret mode (tests). Equal to `attention.attend_xla` with
@@ -32,9 +36,12 @@ _NEG = -1e30
 WRITE_MAX_ROWS = 8                 # rows up to which the model appends k/v inside the kernel
 # Programs a layer's kernel aims for (about two per SM of an H100/H200): the keys of one (row, kv
 # head) are split over just enough programs to reach it. Few rows (batch 1): every 64-key block is
-# its own program and an XLA merge combines them (flash-decoding); many rows: each program walks
-# its share of the keys with an online softmax, and with one share a row the kernel normalises
-# its output itself (no partials, no merge kernel). KEY_SPLITS (set by benchmarks) forces a count.
+# its own program and an XLA merge combines them; many rows: each program walks its share of the
+# keys, and with one share a row the kernel normalises its output itself (no partials, no merge).
+# Measured (1.5B, H200, one machine): batch 64 with 2 splits 29,433 tok/s (28,462 with one block
+# a program); with the k/v append in the kernel 2 / 4 / 1 splits 28,544 / 28,139 / 26,485;
+# batch 1 with 12 splits (every block) 697, 3 splits 641, 1 split 504.
+# KEY_SPLITS (set by benchmarks) forces a count.
 MIN_PROGRAMS = 256
 KEY_SPLITS: int | None = None
 
