@@ -62,6 +62,9 @@ flags.DEFINE_string("json_out", "", "write all results as JSON here")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 flags.DEFINE_integer("cache_write_max_rows", -1, "attn_impl=pallas: rows up to which the decode "
                      "kernel appends k/v itself (decode_attention.WRITE_MAX_ROWS; -1: as set there)")
+flags.DEFINE_integer("decode_split_k", 0, "linear_impls xla / xla_folded: store the q/k/v and o "
+                     "weights split this many ways along K (qwen2.DECODE_SPLIT_K, "
+                     "matmul.split_k_einsum; 0: off)")
 flags.DEFINE_integer("decode_key_splits", 0, "attn_impl=pallas: programs per (row, kv head) of the "
                      "decode-attention kernel (decode_attention.KEY_SPLITS; 0: its own choice)")
 FLAGS = flags.FLAGS
@@ -194,6 +197,7 @@ def main(argv):
   if FLAGS.cache_write_max_rows >= 0:     # read when the decode step is traced: a process-wide A/B
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
+  qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
   dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   itemsize = 2 if FLAGS.dtype == "bfloat16" else 4
   dev = jax.devices()[0]

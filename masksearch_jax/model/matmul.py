@@ -56,3 +56,26 @@ def rows_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   x2 = jax.lax.optimization_barrier(jnp.concatenate([x, jnp.zeros_like(x)], axis=0))
   y = jax.lax.optimization_barrier(jnp.einsum(spec, x2, w))    # the slice must not move inside
   return y[:1]
+
+
+# Rows up to which split_k_einsum splits (one-token decode steps); longer chunks (prefill,
+# splices) run as one gemm over the same weights.
+SPLIT_K_MAX_ROWS = 256
+
+
+def split_k_einsum(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [B, T, K] times a weight stored split along K, w [S, K / S, N] -> [B, T, N] in x's dtype.
+
+  For the small decode projections (q/k/v and o of the 1.5B: [B, 1536] x [1536, <= 2048]) whose
+  XLA gemms stream their weights at 1.0-1.7 TB/s on an H200 (few output tiles leave most SMs
+  idle; benchmarks/RESULTS.md): S products over K / S each, as one batched gemm with S times the
+  programs, and their f32 sum, which XLA can fuse into the consumer (bias + RoPE, residual add).
+  Accumulated in f32 and rounded once, as the single gemm is. Opt-in (qwen2.DECODE_SPLIT_K).
+  """
+  b, t, k = x.shape
+  s = w.shape[0]
+  if b * t == 1 or b * t > SPLIT_K_MAX_ROWS:
+    return rows_einsum("btk,kn->btn", x, w.reshape(k, -1))
+  part = jnp.einsum("btsk,skn->sbtn", x.reshape(b, t, s, k // s), w,
+                    preferred_element_type=jnp.float32)                      # [S, B, T, N]
+  return jnp.sum(part, axis=0).astype(x.dtype)

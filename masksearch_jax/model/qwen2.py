@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from masksearch_jax.model import attention, decode_linear
-from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum
+from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum, split_k_einsum
 from masksearch_jax.model.config import Qwen2Config
 
 Params = dict[str, Any]
@@ -32,6 +32,10 @@ Params = dict[str, Any]
 # per-row scale applied after the product: no normalised copy of the activations is written),
 # "pallas" (model/decode_linear.py's fused one-token kernels).
 LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
+# decode_layout with the XLA projections: store the q/k/v and o weights split this many ways
+# along their input dimension (matmul.split_k_einsum) when it divides it; 0 or 1: off. Read when
+# the layout is built (benchmarks set it for a process-wide A/B; not yet measured).
+DECODE_SPLIT_K = 0
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -170,6 +174,10 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
     if linear_impl == "pallas":
       lp["qkv_t"], lp["gate_up_t"] = lp.pop("qkv").T, lp.pop("gate_up").T
       lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
+    elif DECODE_SPLIT_K > 1 and D % DECODE_SPLIT_K == 0 and lp["o"].size % (
+        DECODE_SPLIT_K * D) == 0:                           # [S, in / S, out]: split_k_einsum
+      lp["qkv_sk"] = lp.pop("qkv").reshape(DECODE_SPLIT_K, D // DECODE_SPLIT_K, -1)
+      lp["o_sk"] = lp.pop("o").reshape(DECODE_SPLIT_K, -1, D)
     layers.append(lp)
   out["layers"] = layers
   if linear_impl == "pallas":
@@ -178,11 +186,13 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
 
 
 def _dense(x, lp, name, c, row_scale=None):
-  """x [B, T, in] times layer weight `name` in either layout ([in, out] or `name_t` [out, in]).
-  row_scale [B, T, 1]: a folded norm's per-row scale (decode_layout "xla_folded"), applied to
-  the product."""
+  """x [B, T, in] times layer weight `name` in any layout ([in, out], `name_t` [out, in], or
+  `name_sk` [S, in / S, out], see DECODE_SPLIT_K). row_scale [B, T, 1]: a folded norm's per-row
+  scale (decode_layout "xla_folded"), applied to the product."""
   if name + "_t" in lp:
     y = jnp.einsum("bti,oi->bto", x, c(lp[name + "_t"]))
+  elif name + "_sk" in lp:
+    y = split_k_einsum(x, c(lp[name + "_sk"]))
   else:
     w = c(lp[name])
     y = rows_einsum("bti,io->bto", x, w.reshape(-1, w.shape[-1]))
@@ -193,7 +203,7 @@ def _projections(cfg, x, lp, c, row_scale=None):
   """q [B, T, H, Dh], k/v [B, T, K, Dh] from either param layout (row_scale: as in _dense; only
   the decode layout has folded norms)."""
   b, t, _ = x.shape
-  if "qkv" in lp or "qkv_t" in lp:                      # decode_layout: one fused matmul
+  if "qkv" in lp or "qkv_t" in lp or "qkv_sk" in lp:      # decode_layout: one fused matmul
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
     y = _dense(x, lp, "qkv", c, row_scale) + c(lp["qkv_bias"])
     q, k, v = jnp.split(y, [H * Dh, (H + K) * Dh], axis=-1)
@@ -258,7 +268,7 @@ def _out_mlp(cfg, h, a, lp, c, fused):
     hb = lin(a.reshape(b, -1), lp["o_t"], residual=h[:, 0])
     u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"], eps=cfg.rms_norm_eps)
     return lin(u, lp["down_t"], residual=hb)[:, None]
-  if "o_t" in lp:
+  if "o_t" in lp or "o_sk" in lp:
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))

@@ -50,3 +50,24 @@ def test_einsum_f32_out_returns_float32_and_bf16_grads():
   assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.bfloat16
   np.testing.assert_allclose(gx.astype(jnp.float32), 5.0)
   np.testing.assert_allclose(gw.astype(jnp.float32), 6.0)
+
+
+@pytest.mark.parametrize("b,t,s", [(2, 1, 4), (64, 1, 8), (1, 1, 4), (3, 100, 2)])
+def test_split_k_einsum_equals_one_product(b, t, s, monkeypatch):
+  """S partial products over K / S summed in f32 == the one product (rows above
+  SPLIT_K_MAX_ROWS and a single row take the one-gemm path over the same weights)."""
+  monkeypatch.setattr(matmul, "SPLIT_K_MAX_ROWS", 256)
+  rng = np.random.default_rng(b + s)
+  x = jnp.asarray(rng.normal(size=(b, t, 48)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(48, 20)), jnp.float32)
+  got = matmul.split_k_einsum(x, w.reshape(s, 48 // s, 20))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(x @ w), rtol=1e-5, atol=1e-5)
+  lowered = str(jax.make_jaxpr(matmul.split_k_einsum)(x, w.reshape(s, 48 // s, 20)))
+  assert ("reduce_sum" in lowered) == (1 < b * t <= 256)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)        # one rounding, like a gemm
+  got = matmul.split_k_einsum(xb, wb.reshape(s, 48 // s, 20))
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32),
+                             np.asarray(jnp.einsum("btk,kn->btn", xb, wb,
+                                                   preferred_element_type=jnp.float32)
+                                        .astype(jnp.bfloat16), np.float32), rtol=1e-2, atol=5e-2)

@@ -78,11 +78,13 @@ def test_packed_segments_match_separate_hf_runs(model):
     start += n
 
 
-@pytest.mark.parametrize("decode_layout", [False, "xla", "xla_folded"])
-def test_kv_cache_decode_matches_full_forward(model, decode_layout):
+@pytest.mark.parametrize("decode_layout,split_k", [(False, 0), ("xla", 0), ("xla_folded", 0),
+                                                   ("xla", 4), ("xla_folded", 2)])
+def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, monkeypatch):
   """Stacked cache + stacked params (layer scan), and the sampler's unrolled form: per-layer
   cache buffers + qwen2.decode_layout params (fused q/k/v and gate/up; "xla_folded": the norm
-  gains folded into them), against the full forward."""
+  gains folded into them; split_k: q/k/v and o stored split along their input for
+  matmul.split_k_einsum), against the full forward."""
   cfg, params, _ = model
   rng = np.random.default_rng(3)
   B, T, P = 3, 14, 6
@@ -93,8 +95,12 @@ def test_kv_cache_decode_matches_full_forward(model, decode_layout):
   seg = (np.arange(P)[None] < plen[:, None]).astype(np.int32)
   cache = kv_cache.init_cache(cfg, B, 32, jnp.float32, per_layer=bool(decode_layout))
   if decode_layout:
+    monkeypatch.setattr(qwen2, "DECODE_SPLIT_K", split_k)
     params = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl=decode_layout)
-    assert isinstance(cache["k"], list) and "qkv" in params["layers"][0]
+    qkv = "qkv_sk" if split_k else "qkv"
+    assert isinstance(cache["k"], list) and qkv in params["layers"][0]
+    if split_k:
+      assert params["layers"][0]["qkv_sk"].shape[0] == split_k and "o_sk" in params["layers"][0]
     assert ("input_norm" in params["layers"][0]) == (decode_layout == "xla")
   step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
                                                 compute_dtype=jnp.float32,
