@@ -65,6 +65,8 @@ flags.DEFINE_integer("cache_write_max_rows", -1, "attn_impl=pallas: rows up to w
 flags.DEFINE_integer("decode_split_k", 0, "linear_impls xla / xla_folded: store the q/k/v and o "
                      "weights split this many ways along K (qwen2.DECODE_SPLIT_K, "
                      "matmul.split_k_einsum; 0: off)")
+flags.DEFINE_list("decode_split_k_weights", ["qkv", "o"], "which decode weights --decode_split_k "
+                  "splits (qkv, o, down; qwen2.DECODE_SPLIT_K_WEIGHTS)")
 flags.DEFINE_integer("decode_key_splits", 0, "attn_impl=pallas: programs per (row, kv head) of the "
                      "decode-attention kernel (decode_attention.KEY_SPLITS; 0: its own choice)")
 FLAGS = flags.FLAGS
@@ -198,6 +200,7 @@ def main(argv):
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
+  qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
   dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   itemsize = 2 if FLAGS.dtype == "bfloat16" else 4
   dev = jax.devices()[0]

@@ -32,10 +32,12 @@ Params = dict[str, Any]
 # per-row scale applied after the product: no normalised copy of the activations is written),
 # "pallas" (model/decode_linear.py's fused one-token kernels).
 LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
-# decode_layout with the XLA projections: store the q/k/v and o weights split this many ways
-# along their input dimension (matmul.split_k_einsum) when it divides it; 0 or 1: off. Read when
-# the layout is built (benchmarks set it for a process-wide A/B; not yet measured).
+# decode_layout with the XLA projections: store the weights named in DECODE_SPLIT_K_WEIGHTS
+# ("qkv", "o", "down") split DECODE_SPLIT_K ways along their input dimension where it divides
+# (matmul.split_k_einsum); 0 or 1: off. Read when the layout is built (benchmarks set them for a
+# process-wide A/B; not yet measured).
 DECODE_SPLIT_K = 0
+DECODE_SPLIT_K_WEIGHTS = ("qkv", "o")
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -174,10 +176,11 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
     if linear_impl == "pallas":
       lp["qkv_t"], lp["gate_up_t"] = lp.pop("qkv").T, lp.pop("gate_up").T
       lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
-    elif DECODE_SPLIT_K > 1 and D % DECODE_SPLIT_K == 0 and lp["o"].size % (
-        DECODE_SPLIT_K * D) == 0:                           # [S, in / S, out]: split_k_einsum
-      lp["qkv_sk"] = lp.pop("qkv").reshape(DECODE_SPLIT_K, D // DECODE_SPLIT_K, -1)
-      lp["o_sk"] = lp.pop("o").reshape(DECODE_SPLIT_K, -1, D)
+    elif DECODE_SPLIT_K > 1:
+      for name in DECODE_SPLIT_K_WEIGHTS:                   # [S, in / S, out]: split_k_einsum
+        w = lp[name]
+        if (w.size // w.shape[-1]) % DECODE_SPLIT_K == 0:
+          lp[name + "_sk"] = lp.pop(name).reshape(DECODE_SPLIT_K, -1, w.shape[-1])
     layers.append(lp)
   out["layers"] = layers
   if linear_impl == "pallas":

@@ -78,9 +78,11 @@ def test_packed_segments_match_separate_hf_runs(model):
     start += n
 
 
-@pytest.mark.parametrize("decode_layout,split_k", [(False, 0), ("xla", 0), ("xla_folded", 0),
-                                                   ("xla", 4), ("xla_folded", 2)])
-def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, monkeypatch):
+@pytest.mark.parametrize("decode_layout,split_k,split_names", [
+    (False, 0, ()), ("xla", 0, ()), ("xla_folded", 0, ()),
+    ("xla", 4, ("qkv", "o")), ("xla_folded", 2, ("qkv", "o", "down"))])
+def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, split_names,
+                                              monkeypatch):
   """Stacked cache + stacked params (layer scan), and the sampler's unrolled form: per-layer
   cache buffers + qwen2.decode_layout params (fused q/k/v and gate/up; "xla_folded": the norm
   gains folded into them; split_k: q/k/v and o stored split along their input for
@@ -96,11 +98,15 @@ def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, mon
   cache = kv_cache.init_cache(cfg, B, 32, jnp.float32, per_layer=bool(decode_layout))
   if decode_layout:
     monkeypatch.setattr(qwen2, "DECODE_SPLIT_K", split_k)
+    if split_names:
+      monkeypatch.setattr(qwen2, "DECODE_SPLIT_K_WEIGHTS", split_names)
     params = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl=decode_layout)
-    qkv = "qkv_sk" if split_k else "qkv"
-    assert isinstance(cache["k"], list) and qkv in params["layers"][0]
-    if split_k:
-      assert params["layers"][0]["qkv_sk"].shape[0] == split_k and "o_sk" in params["layers"][0]
+    assert isinstance(cache["k"], list)
+    for name in ("qkv", "o", "down"):
+      split = name in split_names
+      assert (name + "_sk" in params["layers"][0]) == split and (name in params["layers"][0]) != split
+      if split:
+        assert params["layers"][0][name + "_sk"].shape[0] == split_k
     assert ("input_norm" in params["layers"][0]) == (decode_layout == "xla")
   step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
                                                 compute_dtype=jnp.float32,
