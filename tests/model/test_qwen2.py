@@ -103,10 +103,10 @@ def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, spl
     params = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl=decode_layout)
     assert isinstance(cache["k"], list)
     for name in ("qkv", "o", "down"):
-      split = name in split_names
-      assert (name + "_sk" in params["layers"][0]) == split and (name in params["layers"][0]) != split
+      split, lp = name in split_names, params["layers"][0]
+      assert (name + "_sk" in lp) == split and (name in lp) != split
       if split:
-        assert params["layers"][0][name + "_sk"].shape[0] == split_k
+        assert lp[name + "_sk"].shape[0] == split_k
     assert ("input_norm" in params["layers"][0]) == (decode_layout == "xla")
   step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
                                                 compute_dtype=jnp.float32,
