@@ -58,9 +58,23 @@ def key_splits(b: int, kh: int, nb: int) -> int:
   """Programs per (row, kv head) for nb key blocks: the smallest divisor of nb that gives
   MIN_PROGRAMS programs (nb when none does), or the largest divisor <= KEY_SPLITS if set."""
   divisors = [d for d in range(1, nb + 1) if nb % d == 0]
-  if KEY_SPLITS:
+  if KEY_SPLITS is not None:
+    if KEY_SPLITS < 1:
+      raise ValueError(f"decode_attention.KEY_SPLITS={KEY_SPLITS}: must be >= 1 (or None)")
     return max(d for d in divisors if d <= KEY_SPLITS)
   return next((d for d in divisors if b * kh * d >= MIN_PROGRAMS), nb)
+
+
+def _plan(b: int, kh: int, s: int, splits: int | None) -> tuple[int, int, int]:
+  """(keys per inner step, programs per (row, kv head), inner steps per program) for a cache of
+  s slots; splits None: key_splits' choice."""
+  blk = block_size(s)
+  nb = s // blk
+  ns = splits or key_splits(b, kh, nb)
+  if ns < 1 or nb % ns:
+    raise ValueError(f"decode attention: splits={ns} must divide the {nb} key blocks of a "
+                     f"{s}-slot cache (else some keys would never be attended)")
+  return blk, ns, nb // ns
 
 
 def supported(q_shape, k_shape) -> bool:
@@ -133,11 +147,12 @@ def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, *refs, scale: fl
   v_ref's buffers. The stale slot's load may race with the store; it is replaced by kn/vn."""
   *out_refs, ko_ref, vo_ref = refs
   start, end = pl.program_id(2) * steps * blk, end_ref[...]
+  kn, vn = kn_ref[...], vn_ref[...]                                # read once, not per block
 
   def load_kv(i, live):
     new = (start + i * blk + jnp.arange(blk) == end)[:, None]
-    return (jnp.where(new, kn_ref[...], _masked_block(k_ref, i, blk, live)),
-            jnp.where(new, vn_ref[...], _masked_block(v_ref, i, blk, live)))
+    return (jnp.where(new, kn, _masked_block(k_ref, i, blk, live)),
+            jnp.where(new, vn, _masked_block(v_ref, i, blk, live)))
 
   acc, m, l = _attend_span(load_kv, q_ref[...], start=start, n=end + 1, blk=blk, steps=steps,
                            scale=scale)
@@ -145,8 +160,8 @@ def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, *refs, scale: fl
 
   @pl.when((start <= end) & (end < start + steps * blk))
   def _():
-    ko_ref[pl.ds(end - start, 1), :] = kn_ref[...]
-    vo_ref[pl.ds(end - start, 1), :] = vn_ref[...]
+    ko_ref[pl.ds(end - start, 1), :] = kn
+    vo_ref[pl.ds(end - start, 1), :] = vn
 
 
 def _merge(o, m, l, b, kh, ns, g, h, dh, dtype):
@@ -212,9 +227,7 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
   Returns (out [B, 1, H, Dh], k_cache, v_cache) with the caches updated in place."""
   b, _, h, dh = q.shape
   s, kh = k_cache.shape[1], k_cache.shape[2]
-  blk = block_size(s)
-  ns = splits or key_splits(b, kh, s // blk)
-  steps = s // blk // ns
+  blk, ns, steps = _plan(b, kh, s, splits)
   k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
   kv_spec = _kv_spec(steps * blk, dh)
   new_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * kh + j, 0, 0))
@@ -241,9 +254,7 @@ def decode_attend(q, k, v, lengths, *, interpret: bool = False, splits: int | No
   attended; >= 1) -> [B, 1, H, Dh] in q's dtype. splits: as in decode_attend_write."""
   b, _, h, dh = q.shape
   s, kh = k.shape[1], k.shape[2]
-  blk = block_size(s)
-  ns = splits or key_splits(b, kh, s // blk)
-  steps = s // blk // ns
+  blk, ns, steps = _plan(b, kh, s, splits)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
   kv_spec = _kv_spec(steps * blk, dh)
   q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)

@@ -178,6 +178,8 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
       lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
     elif DECODE_SPLIT_K > 1:
       for name in DECODE_SPLIT_K_WEIGHTS:                   # [S, in / S, out]: split_k_einsum
+        if name not in ("qkv", "o", "down"):
+          raise ValueError(f"DECODE_SPLIT_K_WEIGHTS: {name!r} is not one of qkv, o, down")
         w = lp[name]
         if (w.size // w.shape[-1]) % DECODE_SPLIT_K == 0:
           lp[name + "_sk"] = lp.pop(name).reshape(DECODE_SPLIT_K, -1, w.shape[-1])

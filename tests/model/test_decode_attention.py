@@ -153,3 +153,13 @@ def test_runs_per_shard_under_a_mesh():
   mesh = pmesh.make_mesh((2, 2, 2))
   fn = pmesh.under_mesh(jax.jit(lambda *a: attention.attend_decode(*a, impl="pallas")), mesh)
   np.testing.assert_allclose(np.asarray(fn(q, k, v, n, mask)), np.asarray(want), atol=2e-6)
+
+
+def test_bad_split_counts_fail_clearly(monkeypatch):
+  """A split count that does not divide the key blocks would leave keys unattended: an error."""
+  q, k, v = _inputs(1, 4, 2, 16, 96, jnp.float32)                # 96 slots = 3 blocks of 32
+  with pytest.raises(ValueError, match="must divide the 3 key blocks"):
+    da.decode_attend(q, k, v, jnp.asarray([50], jnp.int32), interpret=True, splits=2)
+  monkeypatch.setattr(da, "KEY_SPLITS", 0)
+  with pytest.raises(ValueError, match="KEY_SPLITS=0"):
+    da.key_splits(1, 2, 12)

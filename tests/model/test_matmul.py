@@ -71,3 +71,12 @@ def test_split_k_einsum_equals_one_product(b, t, s, monkeypatch):
                              np.asarray(jnp.einsum("btk,kn->btn", xb, wb,
                                                    preferred_element_type=jnp.float32)
                                         .astype(jnp.bfloat16), np.float32), rtol=1e-2, atol=5e-2)
+
+
+def test_unknown_split_k_weight_is_an_error(monkeypatch):
+  from masksearch_jax.model import config as mcfg, qwen2
+  cfg = mcfg.PRESETS["tiny"]
+  monkeypatch.setattr(qwen2, "DECODE_SPLIT_K", 2)
+  monkeypatch.setattr(qwen2, "DECODE_SPLIT_K_WEIGHTS", ("qvk",))
+  with pytest.raises(ValueError, match="'qvk' is not one of qkv, o, down"):
+    qwen2.decode_layout(qwen2.init_params(cfg, jax.random.PRNGKey(0)), cfg, jnp.float32)
