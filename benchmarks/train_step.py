@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a che
 
 from benchmarks import common, dapo_step  # noqa: E402
 from masksearch_jax.model import qwen2
-from masksearch_jax.parallel import mesh as mesh_lib
+from masksearch_jax.parallel import distributed, mesh as mesh_lib
 from masksearch_jax.train import config as config_lib
 from masksearch_jax.train import flops, optim, sft, trainer
 
@@ -73,6 +73,8 @@ _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16
                                  "Master weights / optimizer state dtype.")
 _MESH = flags.DEFINE_string("mesh", "data=1,fsdp=-1,tensor=1", "Mesh over all local devices.")
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed steps.")
+_MEM_FRACTION = flags.DEFINE_float("gpu_memory_fraction", 0.0, "Share of the GPU's memory JAX may "
+                                   "take (TrainConfig.gpu_memory_fraction; 0: JAX's 0.75).")
 _JSON = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "lax.scan over layers (trainer and DAPO sampler).")
 _VARIANTS = flags.DEFINE_list(
@@ -225,6 +227,7 @@ ROLLOUT_COLS = ["model", "rollout_s", "prefill_s", "decode_s", "retrieve_s", "sp
 
 def main(argv):
   del argv
+  distributed.set_gpu_memory_fraction(_MEM_FRACTION.value)     # before the backend starts
   dev = jax.devices()[0]
   unknown = set(_MODES.value) - {"sft", "dapo"}
   if unknown:

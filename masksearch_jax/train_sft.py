@@ -44,8 +44,9 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from masksearch_jax.parallel import distributed
-  distributed.maybe_initialize(coordinator_address=_COORDINATOR.value)
   cfg = config_lib.load_config(_CONFIG.value, *_OVERLAY.value, **config_lib.flag_overrides())
+  distributed.set_gpu_memory_fraction(cfg.gpu_memory_fraction)   # before the backend starts
+  distributed.maybe_initialize(coordinator_address=_COORDINATOR.value)
   if _EXPORT_STEP.value:
     print(export_saved(cfg, _EXPORT_STEP.value, _EXPORT_DIR.value))
     return

@@ -93,3 +93,48 @@ def test_two_cpu_processes_really_initialize():
         p.kill()
   results = sorted(l for o in outs for l in o.splitlines() if l.startswith("RESULT"))
   assert results == ["RESULT True 0 2", "RESULT True 1 2"], outs
+
+
+def test_gpu_memory_fraction_sets_the_variable_jax_reads():
+  env = {}
+  assert dist.set_gpu_memory_fraction(0.0, env) is None and env == {}
+  assert dist.set_gpu_memory_fraction(0.95, env) == "XLA_PYTHON_CLIENT_MEM_FRACTION"
+  assert env == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}
+  env = {"XLA_CLIENT_MEM_FRACTION": "0.5"}              # the user's name is kept, value replaced
+  assert dist.set_gpu_memory_fraction(0.9, env) == "XLA_CLIENT_MEM_FRACTION"
+  assert env == {"XLA_CLIENT_MEM_FRACTION": "0.9"}
+  for bad in (-0.1, 1.5):
+    with pytest.raises(ValueError, match="gpu_memory_fraction"):
+      dist.set_gpu_memory_fraction(bad, {})
+
+
+def test_gpu_memory_fraction_after_backend_start_is_an_error(monkeypatch):
+  import jax
+  jax.devices()                                          # the backend has started
+  for name in dist.MEM_FRACTION_ENVS:
+    monkeypatch.delenv(name, raising=False)
+  with pytest.raises(RuntimeError, match="already started"):
+    dist.set_gpu_memory_fraction(0.95)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")   # already what the backend read
+  assert dist.set_gpu_memory_fraction(0.95) == "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def test_entry_point_order_sets_the_fraction_before_the_backend_starts():
+  """What train_sft / train_rl do first — load the config, set the fraction — starts no backend,
+  so the variable is still read (a fresh process: this one's backend is already up)."""
+  code = (
+      "import os\n"
+      "from jax._src import xla_bridge\n"
+      "from masksearch_jax.train import config\n"
+      "from masksearch_jax.train.rl import RLConfig\n"
+      "from masksearch_jax.parallel import distributed\n"
+      "cfg = config.load_config('configs/slices/h200.py', model='1_5b')\n"
+      "config.load_config('configs/slices/h200.py', cls=RLConfig)\n"
+      "assert not xla_bridge.backends_are_initialized()\n"
+      "print(distributed.set_gpu_memory_fraction(cfg.gpu_memory_fraction),"
+      " os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION'])\n")
+  env = {k: v for k, v in os.environ.items() if k not in dist.MEM_FRACTION_ENVS}
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ["XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95"]

@@ -90,10 +90,12 @@ def test_validation_names_the_fields():
     config_lib.validate(TrainConfig(logits_dtype="float16"), 8)
   with pytest.raises(ValueError, match="logits_dtype='bfloat16' needs loss_impl='fused'"):
     config_lib.validate(TrainConfig(logits_dtype="bfloat16", loss_impl="chunked"), 8)
+  with pytest.raises(ValueError, match="gpu_memory_fraction=1.5 must be in"):
+    config_lib.validate(TrainConfig(gpu_memory_fraction=1.5), 8)
   config_lib.validate(TrainConfig(batch_size=16, micro_batches=2), 8)   # fine
 
 
-SLICE_DEVICES = {"cpu": 2, "gpu1": 1, "v4_8": 4, "v4_32": 16, "v5e_16": 16, "v5p_8": 4}
+SLICE_DEVICES = {"cpu": 2, "gpu1": 1, "h200": 1, "v4_8": 4, "v4_32": 16, "v5e_16": 16, "v5p_8": 4}
 PARAMS = {"0_5b": 494_032_768, "1_5b": 1_543_714_304, "3b": 3_085_938_688, "7b": 7_615_616_512}
 
 
