@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from masksearch_jax.checkpoint import hf, state as ckpt
 from masksearch_jax.model import qwen2
 from masksearch_jax.model.config import Qwen2Config
-from masksearch_jax.parallel import mesh as mesh_lib, rules
+from masksearch_jax.parallel import distributed, mesh as mesh_lib, rules
 from masksearch_jax.train import optim
 from masksearch_jax.train.config import TrainConfig
 
@@ -165,6 +165,10 @@ class Run(NamedTuple):
 
 def setup(cfg: TrainConfig, model_cfg: Qwen2Config, loss_fn: LossFn, devices=None) -> Run:
   """Mesh + shardings, optimizer, init-or-restore, and the jitted update step, in that order."""
+  try:                        # the entry points set it before the backend starts; a library caller
+    distributed.set_gpu_memory_fraction(cfg.gpu_memory_fraction)    # that did not is told so
+  except RuntimeError as e:
+    logging.warning("%s (this run keeps the memory share it started with)", e)
   mesh, param_sh, batch_sh = build_mesh_and_shardings(cfg, model_cfg, devices)
   tx, schedule = optim.make_optimizer(cfg.optim), optim.make_schedule(cfg.optim)
   state, mgr, data_state = init_or_restore(cfg, model_cfg, tx, mesh, param_sh)

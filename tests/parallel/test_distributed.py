@@ -138,3 +138,27 @@ def test_entry_point_order_sets_the_fraction_before_the_backend_starts():
                        text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split() == ["XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95"]
+
+
+def test_trainer_setup_warns_when_the_fraction_came_too_late(monkeypatch):
+  """A library caller that builds a run after JAX started gets a warning, not a silent no-op."""
+  import jax
+  from masksearch_jax.train import config as config_lib, trainer
+  jax.devices()                                          # the backend has started
+  for name in dist.MEM_FRACTION_ENVS:
+    monkeypatch.delenv(name, raising=False)
+  warned = []
+  monkeypatch.setattr(trainer.logging, "warning", lambda msg, *a: warned.append(msg % a))
+  monkeypatch.setattr(trainer, "build_mesh_and_shardings", _stop)
+  cfg = config_lib.TrainConfig(gpu_memory_fraction=0.9)
+  with pytest.raises(_Stop):
+    trainer.setup(cfg, config_lib.model_config(cfg), loss_fn=None)
+  assert len(warned) == 1 and "already started" in warned[0]
+
+
+class _Stop(Exception):
+  pass
+
+
+def _stop(*a, **kw):
+  raise _Stop
