@@ -35,6 +35,7 @@ def main(argv):
   from masksearch_jax.model import config, qwen2
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T
+  sampler_bench.apply_decode_settings()     # --decode_split_k, --decode_key_splits, ...
   cfg = config.get_config(FLAGS.models[0])
   params = jax.jit(qwen2.init_params, static_argnums=(0,), static_argnames=("dtype",))(
       cfg, jax.random.PRNGKey(0), dtype=jnp.bfloat16)

@@ -186,6 +186,17 @@ def bench_multi_turn(cfg, params, scan, dtype):
   return st
 
 
+def apply_decode_settings() -> None:
+  """The decode-kernel flags -> the module settings they A/B (read when the decode step is
+  traced, so process-wide); profile_decode.py applies the same ones."""
+  from masksearch_jax.model import decode_attention, qwen2
+  if FLAGS.cache_write_max_rows >= 0:
+    decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
+  decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
+  qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
+  qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
+
+
 def main(argv):
   del argv
   if FLAGS.platform:
@@ -195,12 +206,8 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from masksearch_jax.model import config, decode_attention, qwen2
-  if FLAGS.cache_write_max_rows >= 0:     # read when the decode step is traced: a process-wide A/B
-    decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
-  decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
-  qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
-  qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
+  from masksearch_jax.model import config, qwen2
+  apply_decode_settings()
   dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   itemsize = 2 if FLAGS.dtype == "bfloat16" else 4
   dev = jax.devices()[0]
