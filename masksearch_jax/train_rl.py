@@ -17,40 +17,21 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import app
 
-from masksearch_jax.train import config as config_lib
+from masksearch_jax.train import entry
 from masksearch_jax.train.rl import RLConfig
 
-_CONFIG = flags.DEFINE_string("config", "", "Base config file (python CONFIG dict or JSON).")
-_OVERLAY = flags.DEFINE_list("overlay", [], "More config files, applied in order after --config.")
-_EXPORT_STEP = flags.DEFINE_string("export_step", None,
-                                   "Export this saved step ('latest' or a number) and exit.")
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where --export_step writes (default "
-                                  "WORKDIR/hf_step<N>).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "Multi-host: coordinator host:port (else auto-detected).")
-config_lib.define_flags(cls=RLConfig,
-                        module_name=sys.argv[0] if __name__ == "__main__" else __name__)
+_FLAGS = entry.define_flags(RLConfig, sys.argv[0] if __name__ == "__main__" else __name__)
+
+
+def _train(cfg: RLConfig) -> dict:
+  from masksearch_jax.train import rl
+  return rl.run(cfg)
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from masksearch_jax.parallel import distributed
-  cfg = config_lib.load_config(_CONFIG.value, *_OVERLAY.value, cls=RLConfig,
-                               **config_lib.flag_overrides(cls=RLConfig))
-  distributed.set_gpu_memory_fraction(cfg.gpu_memory_fraction)   # before the backend starts
-  distributed.maybe_initialize(coordinator_address=_COORDINATOR.value)
-  if _EXPORT_STEP.value:
-    from masksearch_jax import train_sft
-    print(train_sft.export_saved(cfg, _EXPORT_STEP.value, _EXPORT_DIR.value))
-    return
-  from masksearch_jax.train import rl
-  result = rl.run(cfg)
-  logging.info("done at RL step %d; last metrics %s", result["rl_step"], result["metrics"])
-  if result["export"]:
-    print(f"exported HF checkpoint: {result['export']}")
+  entry.main(argv, _FLAGS, _train, "rl_step")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,17 @@ def test_loop_logs_and_checkpoints(tmp_path):
   assert rows[0]["mismatch_mean_abs"] < 1e-3 and rows[0]["ratio_mean"] == pytest.approx(1.0)
   assert (Path(cfg.workdir) / "checkpoints" / "1").is_dir()
   assert list(Path(cfg.workdir).glob("events.out.tfevents.*"))
+  # what `train_rl --export_step=latest` runs: the saved RL state -> a HF directory (restored
+  # onto all 8 test devices, FSDP, where the run used one)
+  from masksearch_jax.checkpoint import hf
+  from masksearch_jax.train import entry
+  on_all = cfg.replace(mesh="data=1,fsdp=-1,tensor=1", batch_size=8)
+  out_dir = Path(entry.export_saved(on_all, "latest", str(tmp_path / "hf")))
+  _, exported = hf.load_hf(out_dir, dtype=np.float32)
+  saved = jax.device_get(out["state"].params)
+  assert jax.tree.structure(exported) == jax.tree.structure(saved)
+  for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(saved)):   # bf16 export of f32
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-2)
 
 
 RIGHT = "<think>t</think>\n<answer> paris </answer>"
