@@ -27,7 +27,7 @@ from absl import logging
 from masksearch_jax.agents import llm, prompts
 from masksearch_jax.data import traces
 from masksearch_jax.protocol import DEFAULT, Hit, Protocol, format_observation
-from masksearch_jax.rl import rewards
+from masksearch_jax.rl import prompts as rl_prompts, rewards
 from masksearch_jax.rollout import tools as rollout_tools
 
 
@@ -73,22 +73,14 @@ class Task:
 
 
 def task_from_record(rec: dict, index: int, protocol: Protocol = DEFAULT) -> Task:
-  """A QA record ({question, golden_answers|answers|answer}) or a RAMP record ({query, masks})."""
-  if not isinstance(rec, dict):
-    raise ValueError(f"record #{index}: expected a JSON object, got {type(rec).__name__}")
-  rid = str(rec.get("id", index))
-  if rec.get("masks"):
-    if not isinstance(rec.get("query"), str):
-      raise ValueError(f"record #{index} ({rid}): a RAMP record needs a string 'query'")
-    gold = rewards.Gold(masks=tuple(str(m) for m in rec["masks"]), question=rec["query"])
-    return Task(rid, "ramp", rec["query"], rec["query"], gold, rec["query"])
-  q = rec.get("question")
-  if not isinstance(q, str) or not q.strip():
-    raise ValueError(f"record #{index} ({rid}): needs a non-empty string 'question' (QA) or "
-                     f"'query' + 'masks' (RAMP); fields found: {sorted(rec)}")
-  gold = rewards.as_gold(rec, index)
-  return Task(rid, "qa", q.strip(), traces.question_prompt(q.strip(), protocol),
-              rewards.Gold(answers=gold.answers, question=q.strip()), q.strip())
+  """A QA record ({question | prompt, golden_answers | gold_answers | answers | answer}) or a RAMP
+  record ({query, masks}), read by the one record reader RL prompts use (rl/prompts.normalize),
+  so that what trace generation accepts is what RL accepts. No "id": the record's index."""
+  rid = str(rec.get("id", index)) if isinstance(rec, dict) else str(index)
+  ex = rl_prompts.normalize(rec, f"record #{index} ({rid})", protocol)
+  gold = rewards.as_gold(ex["gold"], index)
+  return Task(rid, "ramp" if gold.masks else "qa", gold.question, ex["prompt"], gold,
+              gold.question)
 
 
 # ------------------------------------------------------------------------------------ episodes

@@ -38,9 +38,11 @@ def normalize(rec: Any, where: str, protocol: Protocol = DEFAULT) -> dict:
     return {"id": rid, "prompt": rec["query"], "gold": {"masks": masks, "question": rec["query"]},
             "mask_num": int(rec.get("mask_num", len(masks))), "source": rec.get("source", "ramp")}
   question = rec.get("question")
+  question = question.strip() if isinstance(question, str) and question.strip() else None
   prompt = rec.get("prompt")
-  if not isinstance(question, str) and not isinstance(prompt, str):
-    raise ValueError(f"{where}: QA example needs a string 'question' or 'prompt' "
+  prompt = prompt if isinstance(prompt, str) and prompt.strip() else None
+  if question is None and prompt is None:
+    raise ValueError(f"{where}: QA example needs a non-empty string 'question' or 'prompt' "
                      f"(fields: {sorted(rec)})")
   for key in ("golden_answers", "gold_answers", "answers", "answer"):
     gold = rec.get(key)
@@ -52,7 +54,7 @@ def normalize(rec: Any, where: str, protocol: Protocol = DEFAULT) -> dict:
   gold = [gold] if isinstance(gold, str) else list(gold)
   if not all(isinstance(g, str) for g in gold):
     raise ValueError(f"{where}: gold answers must be strings")
-  text = prompt if isinstance(prompt, str) else traces.question_prompt(question, protocol)
+  text = prompt if prompt is not None else traces.question_prompt(question, protocol)
   return {"id": rid, "prompt": text,
           "gold": {"gold_answers": gold, "question": question or prompt},
           "mask_num": 0, "source": rec.get("source", "qa")}

@@ -209,6 +209,16 @@ def test_ramp_record_is_scored_per_mask():
 def test_bad_record_names_the_field():
   with pytest.raises(ValueError, match="record #0 .*question"):
     ma.task_from_record({"id": "x", "text": "no question"}, 0)
+  with pytest.raises(ValueError, match=r"record #3 \(3\): field 'masks' must be a list"):
+    ma.task_from_record({"query": "[mask] b", "masks": "not a list"}, 3)   # RL refuses it too
+
+
+def test_task_from_record_reads_what_rl_reads():
+  qa = ma.task_from_record({"question": " who? ", "golden_answers": ["x"]}, 7)
+  assert (qa.id, qa.kind, qa.task, qa.question, qa.gold.answers) == ("7", "qa", "who?", "who?", ("x",))
+  assert "who?" in qa.prompt
+  ramp = ma.task_from_record({"id": "r", "query": "[mask] b", "masks": ["a"]}, 0)
+  assert (ramp.kind, ramp.task, ramp.prompt, ramp.gold.masks) == ("ramp", "[mask] b", "[mask] b", ("a",))
 
 
 @pytest.mark.parametrize("text,want", [

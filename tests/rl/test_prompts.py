@@ -30,7 +30,8 @@ def test_qa_and_ramp_records(tmp_path):
 @pytest.mark.parametrize("row, needle", [
     ('{"id": 1, "question": "q"}', "a.jsonl:2: QA example has no non-empty golden_answers"),
     ('{"masks": ["a"]}', "a.jsonl:2: RAMP record needs a string field 'query'"),
-    ('{"question": 3, "answer": "x"}', "a.jsonl:2: QA example needs a string 'question'"),
+    ('{"question": 3, "answer": "x"}', "a.jsonl:2: QA example needs a non-empty string 'question'"),
+    ('{"question": "  ", "answer": "x"}', "a.jsonl:2: QA example needs a non-empty string"),
     ("{not json", "a.jsonl:2: invalid JSON"),
 ])
 def test_errors_name_file_and_line(tmp_path, row, needle):
