@@ -35,7 +35,8 @@ LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 # decode_layout with the XLA projections: store the weights named in DECODE_SPLIT_K_WEIGHTS
 # ("qkv", "o", "down") split DECODE_SPLIT_K ways along their input dimension where it divides
 # (matmul.split_k_einsum); 0 or 1: off. Read when the layout is built (benchmarks set them for a
-# process-wide A/B; not yet measured).
+# process-wide A/B). Measured on an H200 (1.5B): S = 4 on q/k/v and o, batch 64 +0.8-1.2%, batch 1
+# no gain (splitting down too: -2.8%), so off by default (benchmarks/RESULTS.md).
 DECODE_SPLIT_K = 0
 DECODE_SPLIT_K_WEIGHTS = ("qkv", "o")
 
@@ -161,6 +162,9 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   out = {k: c(v) for k, v in params.items() if k != "layers"}
   layers = []
   fold = linear_impl == "xla_folded"
+  unknown = set(DECODE_SPLIT_K_WEIGHTS) - {"qkv", "o", "down"} if DECODE_SPLIT_K > 1 else set()
+  if unknown and linear_impl != "pallas":
+    raise ValueError(f"DECODE_SPLIT_K_WEIGHTS: {min(unknown)!r} is not one of qkv, o, down")
   for raw in _unstacked_layers(params, cfg.num_layers):
     raw = dict(raw)
     qkv = jnp.concatenate([raw.pop(k).reshape(D, -1) for k in ("q", "k", "v")], axis=1)
@@ -178,8 +182,6 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
       lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
     elif DECODE_SPLIT_K > 1:
       for name in DECODE_SPLIT_K_WEIGHTS:                   # [S, in / S, out]: split_k_einsum
-        if name not in ("qkv", "o", "down"):
-          raise ValueError(f"DECODE_SPLIT_K_WEIGHTS: {name!r} is not one of qkv, o, down")
         w = lp[name]
         if (w.size // w.shape[-1]) % DECODE_SPLIT_K == 0:
           lp[name + "_sk"] = lp.pop(name).reshape(DECODE_SPLIT_K, -1, w.shape[-1])
