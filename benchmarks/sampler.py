@@ -62,6 +62,11 @@ flags.DEFINE_string("json_out", "", "write all results as JSON here")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 flags.DEFINE_integer("cache_write_max_rows", -1, "attn_impl=pallas: rows up to which the decode "
                      "kernel appends k/v itself (decode_attention.WRITE_MAX_ROWS; -1: as set there)")
+flags.DEFINE_bool("cache_append", True, "attn_impl=pallas, rows above the cache_write limit: write "
+                  "each step's k/v with one kernel (model/cache_append.py) instead of two XLA "
+                  "scatters")
+flags.DEFINE_list("decode_transposed", [], "linear_impls xla / xla_folded: store these decode "
+                  "weights [out, in] (qwen2.DECODE_TRANSPOSED: o, gate_up, down)")
 flags.DEFINE_integer("decode_split_k", 0, "linear_impls xla / xla_folded: store the q/k/v and o "
                      "weights split this many ways along K (qwen2.DECODE_SPLIT_K, "
                      "matmul.split_k_einsum; 0: off)")
@@ -189,11 +194,13 @@ def bench_multi_turn(cfg, params, scan, dtype):
 def apply_decode_settings() -> None:
   """The decode-kernel flags -> the module settings they A/B (read when the decode step is
   traced, so process-wide); profile_decode.py applies the same ones."""
-  from masksearch_jax.model import decode_attention, qwen2
+  from masksearch_jax.model import cache_append, decode_attention, qwen2
+  cache_append.ENABLED = FLAGS.cache_append
   if FLAGS.cache_write_max_rows >= 0:
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
+  qwen2.DECODE_TRANSPOSED = tuple(FLAGS.decode_transposed)
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from masksearch_jax.model import decode_attention
+from masksearch_jax.model import cache_append, decode_attention
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas")
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -98,15 +98,37 @@ def _decode_kernel_runs(impl: str, q, k_cache) -> bool:
           and decode_attention.supported(q.shape, k_cache.shape))
 
 
+def _unsplit(q, k_cache) -> bool:
+  """No context mesh splits the batch or heads (the cache-writing kernels are not partitioned;
+  the scatter path is)."""
+  return shard_specs(jax.sharding.get_abstract_mesh(), q.shape[0], q.shape[2],
+                     k_cache.shape[2]) is None
+
+
 def decode_writes_cache(impl: str, q, k_cache) -> bool:
   """Whether attend_decode_write runs (the one-kernel append + attend): impl "pallas" on a GPU
   (CPU: interpret mode), at most decode_attention.WRITE_MAX_ROWS rows (where it was measured),
-  a supported shape, q and the cache in one dtype, and no mesh that splits the batch or heads
-  (the kernel is not partitioned; the scatter path is)."""
+  a supported shape, q and the cache in one dtype, and no mesh that splits the batch or heads."""
   return (_decode_kernel_runs(impl, q, k_cache)
           and q.shape[0] <= decode_attention.WRITE_MAX_ROWS and q.dtype == k_cache.dtype
-          and shard_specs(jax.sharding.get_abstract_mesh(), q.shape[0], q.shape[2],
-                          k_cache.shape[2]) is None)
+          and _unsplit(q, k_cache))
+
+
+def decode_appends_cache(impl: str, q, k_cache) -> bool:
+  """Whether append_decode runs (one kernel writes a decode step's k and v, where the model
+  would scatter twice): impl "pallas" on a GPU (CPU: interpret mode), one new token, a supported
+  shape, cache_append.ENABLED and no mesh that splits the batch or heads."""
+  return (impl == "pallas" and cache_append.ENABLED and q.shape[1] == 1
+          and jax.default_backend() in ("gpu", "cpu") and cache_append.supported(k_cache.shape)
+          and _unsplit(q, k_cache))
+
+
+def append_decode(k_new, v_new, k_cache, v_cache, end):
+  """k_new/v_new [B, 1, K, Dh] written into the caches [B, S, K, Dh] at slot end [B] (>= S:
+  dropped), in place, by one kernel (model/cache_append.py). Only where decode_appends_cache
+  holds. Returns (k_cache, v_cache)."""
+  return cache_append.append(k_new, v_new, k_cache, v_cache, end,
+                             interpret=jax.default_backend() == "cpu")
 
 
 def attend_decode_write(q, k_new, v_new, k_cache, v_cache, end):

@@ -17,7 +17,7 @@ input instead of the cache, and stores it there (the cache is an aliased output)
 the model's two XLA scatters a layer into the cache (~130-140 us of a 1.5B decode step on an H200
 at batch 1 and 64; benchmarks/RESULTS.md). Measured at batch 1 (two rows): +3% decode tokens/s;
 at batch 64 it loses (28,544 vs 29,433 tok/s, same machine), so the model uses it up to
-WRITE_MAX_ROWS rows only.
+WRITE_MAX_ROWS rows only; above that one separate kernel writes both (model/cache_append.py).
 
 Used for `attn_impl="pallas"` when a forward appends exactly one token to a cache; on other
 backends than GPU it runs in Pallas interpret mode (tests). Equal to `attention.attend_xla` with

@@ -124,9 +124,11 @@ def test_write_kernel_equals_scatter_then_attend(s, ends, splits):
   np.testing.assert_array_equal(np.asarray(vc), np.asarray(v2))
 
 
-def test_decode_step_has_no_cache_scatter():
-  """attn_impl="pallas", one token, q and cache in one dtype: no scatter in the step's jaxpr."""
-  from masksearch_jax.model import kv_cache
+def test_decode_step_has_no_cache_scatter(monkeypatch):
+  """attn_impl="pallas", one token: no XLA scatter into the cache in the step's jaxpr — the
+  attention kernel appends (few rows, one dtype) or the append kernel does (model/cache_append.py);
+  with that kernel switched off, more rows than WRITE_MAX_ROWS go back to the scatters."""
+  from masksearch_jax.model import cache_append, kv_cache
   cfg = mcfg.PRESETS["tiny"]
   params = qwen2.decode_layout(qwen2.init_params(cfg, jax.random.PRNGKey(0), jnp.float32), cfg,
                                jnp.float32)
@@ -136,12 +138,16 @@ def test_decode_step_has_no_cache_scatter():
       scan_layers=False))(cache))
   assert "scatter" not in step("pallas", jnp.float32)
   assert "scatter" in step("xla", jnp.float32)
-  assert "scatter" in step("pallas", jnp.bfloat16)          # bf16 q, f32 cache: the scatter path
+  mixed = step("pallas", jnp.bfloat16)                      # bf16 q, f32 cache: the append kernel
+  assert "scatter" not in mixed and "kv_cache_append" in mixed
   big = kv_cache.init_cache(cfg, da.WRITE_MAX_ROWS * 2, 32, jnp.float32, per_layer=True)
-  many = str(jax.make_jaxpr(lambda c: qwen2.apply(
+  many = lambda: str(jax.make_jaxpr(lambda c: qwen2.apply(
       params, cfg, jnp.ones((da.WRITE_MAX_ROWS * 2, 1), jnp.int32), cache=c, attn_impl="pallas",
       compute_dtype=jnp.float32, scan_layers=False))(big))
-  assert "scatter" in many                                  # more rows than measured: scatter
+  text = many()
+  assert "scatter" not in text and "kv_cache_append" in text   # more rows: the append kernel
+  monkeypatch.setattr(cache_append, "ENABLED", False)
+  assert "scatter" in many()
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (virtual) devices")
