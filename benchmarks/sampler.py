@@ -65,8 +65,6 @@ flags.DEFINE_integer("cache_write_max_rows", -1, "attn_impl=pallas: rows up to w
 flags.DEFINE_bool("cache_append", True, "attn_impl=pallas, rows above the cache_write limit: write "
                   "each step's k/v with one kernel (model/cache_append.py) instead of two XLA "
                   "scatters")
-flags.DEFINE_list("decode_transposed", [], "linear_impls xla / xla_folded: store these decode "
-                  "weights [out, in] (qwen2.DECODE_TRANSPOSED: o, gate_up, down)")
 flags.DEFINE_integer("decode_split_k", 0, "linear_impls xla / xla_folded: store the q/k/v and o "
                      "weights split this many ways along K (qwen2.DECODE_SPLIT_K, "
                      "matmul.split_k_einsum; 0: off)")
@@ -200,7 +198,6 @@ def apply_decode_settings() -> None:
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
-  qwen2.DECODE_TRANSPOSED = tuple(FLAGS.decode_transposed)
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 
 

@@ -39,11 +39,6 @@ LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 # no gain (splitting down too: -2.8%), so off by default (benchmarks/RESULTS.md).
 DECODE_SPLIT_K = 0
 DECODE_SPLIT_K_WEIGHTS = ("qkv", "o")
-# decode_layout with the XLA projections: these weights ("o", "gate_up", "down") stored [out, in]
-# (`name_t`), a layout XLA tiles differently: measured alone (benchmarks/decode_gemms.py, H200,
-# weights cold in HBM) gate/up at 2 rows 20.2 vs 23.4 us, down at 64 rows 16.4 vs 19.6 us.
-# ("qkv" is not offered: its transposed name marks the Pallas layout.) Set by benchmarks for an A/B.
-DECODE_TRANSPOSED: tuple[str, ...] = ()
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -170,9 +165,6 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   unknown = set(DECODE_SPLIT_K_WEIGHTS) - {"qkv", "o", "down"} if DECODE_SPLIT_K > 1 else set()
   if unknown and linear_impl != "pallas":
     raise ValueError(f"DECODE_SPLIT_K_WEIGHTS: {min(unknown)!r} is not one of qkv, o, down")
-  if set(DECODE_TRANSPOSED) - {"o", "gate_up", "down"}:
-    raise ValueError(f"DECODE_TRANSPOSED: {sorted(set(DECODE_TRANSPOSED))} must be among o, "
-                     "gate_up, down")
   for raw in _unstacked_layers(params, cfg.num_layers):
     raw = dict(raw)
     qkv = jnp.concatenate([raw.pop(k).reshape(D, -1) for k in ("q", "k", "v")], axis=1)
@@ -193,10 +185,6 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
         w = lp[name]
         if (w.size // w.shape[-1]) % DECODE_SPLIT_K == 0:
           lp[name + "_sk"] = lp.pop(name).reshape(DECODE_SPLIT_K, -1, w.shape[-1])
-    for name in DECODE_TRANSPOSED if linear_impl != "pallas" else ():
-      if name in lp:                                        # not already split along K
-        w = lp.pop(name)
-        lp[name + "_t"] = w.reshape(-1, w.shape[-1]).T      # [out, in]
     layers.append(lp)
   out["layers"] = layers
   if linear_impl == "pallas":
@@ -209,7 +197,7 @@ def _dense(x, lp, name, c, row_scale=None):
   `name_sk` [S, in / S, out], see DECODE_SPLIT_K). row_scale [B, T, 1]: a folded norm's per-row
   scale (decode_layout "xla_folded"), applied to the product."""
   if name + "_t" in lp:
-    y = rows_einsum("bti,oi->bto", x, c(lp[name + "_t"]))
+    y = jnp.einsum("bti,oi->bto", x, c(lp[name + "_t"]))
   elif name + "_sk" in lp:
     y = split_k_einsum(x, c(lp[name + "_sk"]))
   else:

@@ -78,16 +78,15 @@ def test_packed_segments_match_separate_hf_runs(model):
     start += n
 
 
-@pytest.mark.parametrize("decode_layout,split_k,split_names,transposed", [
-    (False, 0, (), ()), ("xla", 0, (), ()), ("xla_folded", 0, (), ()),
-    ("xla", 4, ("qkv", "o"), ()), ("xla_folded", 2, ("qkv", "o", "down"), ()),
-    ("xla", 0, (), ("o", "gate_up", "down")), ("xla_folded", 2, ("qkv", "o"), ("o", "gate_up"))])
+@pytest.mark.parametrize("decode_layout,split_k,split_names", [
+    (False, 0, ()), ("xla", 0, ()), ("xla_folded", 0, ()),
+    ("xla", 4, ("qkv", "o")), ("xla_folded", 2, ("qkv", "o", "down"))])
 def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, split_names,
-                                              transposed, monkeypatch):
+                                              monkeypatch):
   """Stacked cache + stacked params (layer scan), and the sampler's unrolled form: per-layer
   cache buffers + qwen2.decode_layout params (fused q/k/v and gate/up; "xla_folded": the norm
   gains folded into them; split_k: q/k/v and o stored split along their input for
-  matmul.split_k_einsum; transposed: weights stored [out, in]), against the full forward."""
+  matmul.split_k_einsum), against the full forward."""
   cfg, params, _ = model
   rng = np.random.default_rng(3)
   B, T, P = 3, 14, 6
@@ -101,21 +100,13 @@ def test_kv_cache_decode_matches_full_forward(model, decode_layout, split_k, spl
     monkeypatch.setattr(qwen2, "DECODE_SPLIT_K", split_k)
     if split_names:
       monkeypatch.setattr(qwen2, "DECODE_SPLIT_K_WEIGHTS", split_names)
-    monkeypatch.setattr(qwen2, "DECODE_TRANSPOSED", transposed)
     params = qwen2.decode_layout(params, cfg, jnp.float32, linear_impl=decode_layout)
     assert isinstance(cache["k"], list)
-    lp = params["layers"][0]
-    for name in ("qkv", "o", "gate_up", "down"):
-      split = name in split_names
-      flipped = name in transposed and not split              # a split weight stays split
-      assert (name + "_sk" in lp) == split and (name + "_t" in lp) == flipped
-      assert (name in lp) == (not split and not flipped)
+    for name in ("qkv", "o", "down"):
+      split, lp = name in split_names, params["layers"][0]
+      assert (name + "_sk" in lp) == split and (name in lp) != split
       if split:
         assert lp[name + "_sk"].shape[0] == split_k
-      if flipped:
-        w = lp[name + "_t"]
-        assert w.shape[0] == (cfg.hidden_size if name != "gate_up" else
-                              2 * cfg.intermediate_size)
     assert ("input_norm" in params["layers"][0]) == (decode_layout == "xla")
   step = jax.jit(lambda p, t, s, c: qwen2.apply(p, cfg, t, segment_ids=s, cache=c,
                                                 compute_dtype=jnp.float32,
