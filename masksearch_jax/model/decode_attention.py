@@ -230,20 +230,24 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
   blk, ns, steps = _plan(b, kh, s, splits)
   k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
   kv_spec = _kv_spec(steps * blk, dh)
-  new_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * kh + j, 0, 0))
+  # The new k and v side by side in one array (row i: k heads, then v heads), so XLA computes
+  # both (RoPE, bias, the split of the fused q/k/v product) in one fusion, not one each.
+  kv_new = jnp.concatenate([k_new.reshape(b, kh, dh), v_new.reshape(b, kh, dh)],
+                           axis=1).reshape(b * 2 * kh, 1, dh)
+  k_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * 2 * kh + j, 0, 0))
+  v_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i * 2 * kh + kh + j, 0, 0))
   q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
   *outs, k3, v3 = pl.pallas_call(
       functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk, steps=steps),
       grid=(b, kh, ns),
-      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, new_spec, new_spec,
+      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, k_spec, v_spec,
                 kv_spec, kv_spec],
       out_specs=out_specs + [kv_spec, kv_spec],
       out_shape=out_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
                               jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
       input_output_aliases={4: len(out_specs), 5: len(out_specs) + 1},
       interpret=interpret, name="decode_attention_write", **_compiler_params(interpret),
-  )(end.astype(jnp.int32), _padded_queries(q, kh), k_new.reshape(b * kh, 1, dh),
-    v_new.reshape(b * kh, 1, dh), k3, v3)
+  )(end.astype(jnp.int32), _padded_queries(q, kh), kv_new, kv_new, k3, v3)
   out = _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)
   return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
 
