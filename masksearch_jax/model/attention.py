@@ -92,10 +92,14 @@ def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
   return _per_shard(fn, q, k, v, mask, extra_is_mask=True)
 
 
+def _pallas_runs(impl: str) -> bool:
+  """impl "pallas" where its Triton kernels run: a GPU, or the CPU in interpret mode (tests)."""
+  return impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
+
+
 def _decode_kernel_runs(impl: str, q, k_cache) -> bool:
-  """impl "pallas" on a GPU (CPU: interpret mode) and a shape model/decode_attention.py takes."""
-  return (impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
-          and decode_attention.supported(q.shape, k_cache.shape))
+  """_pallas_runs and a shape model/decode_attention.py takes."""
+  return _pallas_runs(impl) and decode_attention.supported(q.shape, k_cache.shape)
 
 
 def _unsplit(q, k_cache) -> bool:
@@ -118,9 +122,8 @@ def decode_appends_cache(impl: str, q, k_cache) -> bool:
   """Whether append_decode runs (one kernel writes a decode step's k and v, where the model
   would scatter twice): impl "pallas" on a GPU (CPU: interpret mode), one new token, a supported
   shape, cache_append.ENABLED and no mesh that splits the batch or heads."""
-  return (impl == "pallas" and cache_append.ENABLED and q.shape[1] == 1
-          and jax.default_backend() in ("gpu", "cpu") and cache_append.supported(k_cache.shape)
-          and _unsplit(q, k_cache))
+  return (_pallas_runs(impl) and cache_append.ENABLED and q.shape[1] == 1
+          and cache_append.supported(k_cache.shape) and _unsplit(q, k_cache))
 
 
 def append_decode(k_new, v_new, k_cache, v_cache, end):
