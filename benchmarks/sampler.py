@@ -72,6 +72,9 @@ flags.DEFINE_list("decode_split_k_weights", ["qkv", "o"], "which decode weights 
                   "splits (qkv, o, down; qwen2.DECODE_SPLIT_K_WEIGHTS)")
 flags.DEFINE_integer("decode_key_splits", 0, "attn_impl=pallas: programs per (row, kv head) of the "
                      "decode-attention kernel (decode_attention.KEY_SPLITS; 0: its own choice)")
+flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-attention kernel's "
+                    "tiling 'bBLOCK wWARPS sSTAGES', any subset (decode_attention.BLOCK_KEYS, "
+                    "NUM_WARPS, NUM_STAGES; benchmarks/decode_attention.py sweeps them)")
 FLAGS = flags.FLAGS
 
 
@@ -197,6 +200,7 @@ def apply_decode_settings() -> None:
   if FLAGS.cache_write_max_rows >= 0:
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
+  decode_attention.set_tiling(FLAGS.decode_attn_tiling)
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 

@@ -44,12 +44,42 @@ WRITE_MAX_ROWS = 8                 # rows up to which the model appends k/v insi
 # KEY_SPLITS (set by benchmarks) forces a count.
 MIN_PROGRAMS = 256
 KEY_SPLITS: int | None = None
+# The kernels' tiling: keys per inner step (at most; the largest of 128/64/32/16 <= it dividing
+# the cache length), Triton warps per program and software-pipeline stages of the key loop. Module
+# settings (read when a call is traced; benchmarks/decode_attention.py sweeps them per call through
+# the keyword arguments of the same names); NUM_WARPS / NUM_STAGES None: each kernel's measured
+# default (_TILING).
+BLOCK_KEYS = 64
+NUM_WARPS: int | None = None
+NUM_STAGES: int | None = None
+# (warps, stages) per kernel. The attend-only kernel runs above WRITE_MAX_ROWS rows, where each
+# program walks several key blocks and a third pipeline stage keeps more loads in flight: 1.5B,
+# batch 64, H200, w2 s3 31,684 / 31,614 tok/s against w4 s2 30,464 / 30,547 (session 21,
+# RESULTS.md). The appending kernel (a block or two a program, few rows) is latency-bound and
+# showed no difference (695.6 vs 694.1 tok/s at batch 1).
+_TILING = {"attend": (2, 3), "write": (4, 2)}
 
 
-def block_size(s: int) -> int | None:
-  """Keys per inner step: the largest of 64/32/16 dividing the cache length (None: unsupported)."""
-  for blk in (64, 32, 16):
-    if s % blk == 0:
+def set_tiling(spec: str) -> None:
+  """'bBLOCK wWARPS sSTAGES' (any subset, e.g. 'b128 s3') -> BLOCK_KEYS / NUM_WARPS / NUM_STAGES,
+  for the benchmarks' A/B flags; '' changes nothing."""
+  global BLOCK_KEYS, NUM_WARPS, NUM_STAGES
+  parts = spec.split()
+  bad = [p for p in parts if p[:1] not in ("b", "w", "s") or not p[1:].isdigit() or int(p[1:]) < 1]
+  if bad:
+    raise ValueError(f"decode attention tiling {spec!r}: expected 'bN wN sN' items, got {bad}")
+  got = {p[0]: int(p[1:]) for p in parts}
+  BLOCK_KEYS = got.get("b", BLOCK_KEYS)
+  NUM_WARPS = got.get("w", NUM_WARPS)
+  NUM_STAGES = got.get("s", NUM_STAGES)
+
+
+def block_size(s: int, max_block: int | None = None) -> int | None:
+  """Keys per inner step: the largest of 128/64/32/16 that is <= max_block (None: BLOCK_KEYS)
+  and divides the cache length s (None: no such size, the shape is unsupported)."""
+  cap = BLOCK_KEYS if max_block is None else max_block
+  for blk in (128, 64, 32, 16):
+    if blk <= cap and s % blk == 0:
       return blk
   return None
 
@@ -65,10 +95,14 @@ def key_splits(b: int, kh: int, nb: int) -> int:
   return next((d for d in divisors if b * kh * d >= MIN_PROGRAMS), nb)
 
 
-def _plan(b: int, kh: int, s: int, splits: int | None) -> tuple[int, int, int]:
+def _plan(b: int, kh: int, s: int, splits: int | None,
+          max_block: int | None = None) -> tuple[int, int, int]:
   """(keys per inner step, programs per (row, kv head), inner steps per program) for a cache of
-  s slots; splits None: key_splits' choice."""
-  blk = block_size(s)
+  s slots; splits None: key_splits' choice; max_block None: BLOCK_KEYS."""
+  blk = block_size(s, max_block)
+  if blk is None:
+    raise ValueError(f"decode attention: no key block of 16..{max_block or BLOCK_KEYS} divides "
+                     f"the {s}-slot cache")
   nb = s // blk
   ns = splits or key_splits(b, kh, nb)
   if ns < 1 or nb % ns:
@@ -85,8 +119,9 @@ def supported(q_shape, k_shape) -> bool:
           and block_size(s) is not None)
 
 
-def _attend_span(load_kv, q, *, start, n, blk: int, steps: int, scale: float):
-  """Online softmax of the 16 query rows q [16, Dh] over keys [start, start + steps * blk), of
+def _attend_span(load_kv, q, *, start, n, blk: int, steps, scale: float):
+  """Online softmax of the 16 query rows q [16, Dh] over keys [start, start + steps * blk) (steps
+  static or traced), of
   which those >= n are masked (and not read: load_kv(i, live) loads block i's keys and values
   [blk, Dh] only where live [blk]). Returns (acc [16, Dh] unnormalised, m [16], l [16]) in f32.
   With start < n the first block has a live key, so m is finite from then on; a program wholly
@@ -130,14 +165,23 @@ def _masked_block(ref, i, blk, live):
   return plgpu.load(ref.at[pl.ds(i * blk, blk), :], mask=live[:, None], other=0)
 
 
-def _kernel(len_ref, q_ref, k_ref, v_ref, *out_refs, scale: float, blk: int, steps: int):
-  """len_ref [] int32; q_ref [16, Dh]; k_ref/v_ref [steps * blk, Dh]; out_refs: o [16, Dh] f32,
-  m/l [16] f32 (partials), or out [16, Dh] (one program a row and kv head)."""
-  start, n = pl.program_id(2) * steps * blk, len_ref[...]
-  load_kv = lambda i, live: (_masked_block(k_ref, i, blk, live), _masked_block(v_ref, i, blk, live))
-  acc, m, l = _attend_span(load_kv, q_ref[...], start=start, n=n, blk=blk, steps=steps,
+def _kernel(len_ref, q_ref, k_ref, v_ref, *out_refs, scale: float, blk: int, ns: int):
+  """len_ref [] int32; q_ref [16, Dh]; k_ref/v_ref [S, Dh] (the row's whole cache for this kv
+  head); out_refs: o [16, Dh] f32, m/l [16] f32 (partials), or out [16, Dh] (ns == 1).
+  The ns programs of a (row, kv head) share its *filled* blocks evenly (program c walks blocks
+  [c * per, c * per + per) of the cdiv(n, blk) live ones), not the cache's: with a static split
+  the program holding the cache's start walked every filled block while the others idled
+  (at 512 of 768 slots filled and 2 splits: 6 blocks against 2)."""
+  n, c = len_ref[...], pl.program_id(2)
+  live_blocks = (n + blk - 1) // blk
+  per = (live_blocks + ns - 1) // ns
+  first = c * per
+  steps = jnp.clip(live_blocks - first, 0, per)
+  load_kv = lambda i, live: (_masked_block(k_ref, first + i, blk, live),
+                             _masked_block(v_ref, first + i, blk, live))
+  acc, m, l = _attend_span(load_kv, q_ref[...], start=first * blk, n=n, blk=blk, steps=steps,
                            scale=scale)
-  _finish(acc, m, l, out_refs, start=start, n=n)
+  _finish(acc, m, l, out_refs, start=first * blk, n=n)
 
 
 def _kernel_write(end_ref, q_ref, kn_ref, vn_ref, k_ref, v_ref, *refs, scale: float, blk: int,
@@ -204,11 +248,16 @@ def _combine(outs, b, kh, ns, g, h, dh, dtype):
   return _merge(*outs, b, kh, ns, g, h, dh, dtype)
 
 
-def _compiler_params(interpret: bool) -> dict:
+def _compiler_params(interpret: bool, kernel: str, num_warps: int | None,
+                     num_stages: int | None) -> dict:
+  """Triton launch settings of `kernel` ("attend" / "write"): the arguments, else the module's
+  NUM_WARPS / NUM_STAGES, else _TILING's; none in interpret mode."""
   if interpret:
     return {}
   from jax.experimental.pallas import triton as plgpu
-  return {"compiler_params": plgpu.CompilerParams(num_warps=4, num_stages=2)}
+  w, st = _TILING[kernel]
+  return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps or NUM_WARPS or w,
+                                                  num_stages=num_stages or NUM_STAGES or st)}
 
 
 def _kv_spec(span: int, dh: int):
@@ -216,18 +265,23 @@ def _kv_spec(span: int, dh: int):
   return pl.BlockSpec((None, span, dh), lambda i, j, c: (i, c, j))
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "splits"))
+_STATIC = ("interpret", "splits", "block", "num_warps", "num_stages")
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bool = False,
-                        splits: int | None = None):
+                        splits: int | None = None, block: int | None = None,
+                        num_warps: int | None = None, num_stages: int | None = None):
   """Append one token to the cache and attend over it, in one kernel. q [B, 1, H, Dh]; k_new/
   v_new [B, 1, K, Dh] and the caches [B, S, K, Dh] in one dtype (q's); end [B] int32: the slot
   of the new token (slots < end hold the row's keys; end >= S: the token is dropped and all S
   slots attended, as the scatter with mode="drop" and lengths end + 1 did). splits: programs per
-  (row, kv head), a divisor of S / block_size(S) (None: key_splits' choice).
+  (row, kv head), a divisor of S / block_size(S) (None: key_splits' choice). block, num_warps,
+  num_stages: the tiling (None: BLOCK_KEYS, NUM_WARPS, NUM_STAGES).
   Returns (out [B, 1, H, Dh], k_cache, v_cache) with the caches updated in place."""
   b, _, h, dh = q.shape
   s, kh = k_cache.shape[1], k_cache.shape[2]
-  blk, ns, steps = _plan(b, kh, s, splits)
+  blk, ns, steps = _plan(b, kh, s, splits, block)
   k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
   kv_spec = _kv_spec(steps * blk, dh)
   # The new k and v side by side in one array (row i: k heads, then v heads), so XLA computes
@@ -246,27 +300,32 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
       out_shape=out_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
                               jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
       input_output_aliases={4: len(out_specs), 5: len(out_specs) + 1},
-      interpret=interpret, name="decode_attention_write", **_compiler_params(interpret),
+      interpret=interpret, name="decode_attention_write",
+      **_compiler_params(interpret, "write", num_warps, num_stages),
   )(end.astype(jnp.int32), _padded_queries(q, kh), kv_new, kv_new, k3, v3)
   out = _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)
   return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("interpret", "splits"))
-def decode_attend(q, k, v, lengths, *, interpret: bool = False, splits: int | None = None):
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def decode_attend(q, k, v, lengths, *, interpret: bool = False, splits: int | None = None,
+                  block: int | None = None, num_warps: int | None = None,
+                  num_stages: int | None = None):
   """q [B, 1, H, Dh], k/v [B, S, K, Dh] (the cache), lengths [B] int32 (slots < length are
-  attended; >= 1) -> [B, 1, H, Dh] in q's dtype. splits: as in decode_attend_write."""
+  attended; >= 1) -> [B, 1, H, Dh] in q's dtype. splits, block, num_warps, num_stages: as in
+  decode_attend_write."""
   b, _, h, dh = q.shape
   s, kh = k.shape[1], k.shape[2]
-  blk, ns, steps = _plan(b, kh, s, splits)
+  blk, ns, _ = _plan(b, kh, s, splits, block)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
-  kv_spec = _kv_spec(steps * blk, dh)
+  kv_spec = pl.BlockSpec((None, s, dh), lambda i, j, c: (i, 0, j))   # the whole row: see _kernel
   q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
   outs = pl.pallas_call(
-      functools.partial(_kernel, scale=dh ** -0.5, blk=blk, steps=steps),
+      functools.partial(_kernel, scale=dh ** -0.5, blk=blk, ns=ns),
       grid=(b, kh, ns),
       in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, kv_spec, kv_spec],
       out_specs=out_specs, out_shape=out_shapes,
-      interpret=interpret, name="decode_attention", **_compiler_params(interpret),
+      interpret=interpret, name="decode_attention",
+      **_compiler_params(interpret, "attend", num_warps, num_stages),
   )(lengths.astype(jnp.int32), _padded_queries(q, kh), k3, v3)
   return _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)

@@ -169,3 +169,55 @@ def test_bad_split_counts_fail_clearly(monkeypatch):
   monkeypatch.setattr(da, "KEY_SPLITS", 0)
   with pytest.raises(ValueError, match="KEY_SPLITS=0"):
     da.key_splits(1, 2, 12)
+
+
+@pytest.mark.parametrize("block,splits", [(128, None), (128, 2), (32, None), (32, 4)])
+def test_other_key_blocks_match_xla(block, splits):
+  """The tiling is a speed setting only: 128- and 32-key steps give XLA attention's result, for
+  the attend and the append + attend kernels."""
+  b, h, kh, dh, s = 3, 12, 2, 32, 768
+  q, k, v = _inputs(b, h, kh, dh, s, jnp.float32, seed=5)
+  n = jnp.asarray([1, 300, 768], jnp.int32)
+  mask = jnp.arange(s)[None, None, :] < n[:, None, None]
+  got = da.decode_attend(q, k, v, n, interpret=True, splits=splits, block=block, num_warps=8,
+                         num_stages=3)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(attention.attend_xla(q, k, v, mask)),
+                             atol=2e-6, rtol=0)
+  kn, vn = k[:, :1], v[:, :1]
+  end = jnp.asarray([0, 127, 128], jnp.int32)                 # 128-key block edges
+  k2, v2 = (c.at[jnp.arange(b)[:, None], end[:, None]].set(x) for c, x in ((k, kn), (v, vn)))
+  mask2 = jnp.arange(s)[None, None, :] < (end + 1)[:, None, None]
+  out, kc, _ = da.decode_attend_write(q, kn, vn, k, v, end, interpret=True, splits=splits,
+                                      block=block)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(attention.attend_xla(q, k2, v2, mask2)),
+                             atol=2e-6, rtol=0)
+  np.testing.assert_array_equal(np.asarray(kc), np.asarray(k2))
+
+
+def test_set_tiling_and_block_size(monkeypatch):
+  for name in ("BLOCK_KEYS", "NUM_WARPS", "NUM_STAGES"):
+    monkeypatch.setattr(da, name, getattr(da, name))          # restored after the test
+  da.set_tiling("b128 s3")
+  assert (da.BLOCK_KEYS, da.NUM_WARPS, da.NUM_STAGES) == (128, None, 3)   # None: per kernel
+  assert da.block_size(768) == 128 and da.block_size(96) == 32   # the largest dividing size
+  assert da.block_size(768, 64) == 64
+  da.set_tiling("")                                           # nothing asked, nothing changed
+  assert (da.BLOCK_KEYS, da.NUM_WARPS, da.NUM_STAGES) == (128, None, 3)
+  for bad in ("b128 x3", "w0", "s", "b-1"):
+    with pytest.raises(ValueError, match="expected 'bN wN sN'"):
+      da.set_tiling(bad)
+  q, k, v = _inputs(1, 4, 2, 16, 40, jnp.float32)
+  with pytest.raises(ValueError, match="no key block of 16..64 divides the 40-slot cache"):
+    da.decode_attend(q, k, v, jnp.asarray([5], jnp.int32), interpret=True, block=64)
+
+
+def test_launch_settings_per_kernel(monkeypatch):
+  """Each kernel's measured (warps, stages) unless the module or the call says otherwise."""
+  pytest.importorskip("jax.experimental.pallas.triton")
+  get = lambda *a: (lambda p: (p.num_warps, p.num_stages))(da._compiler_params(False, *a)
+                                                           ["compiler_params"])
+  assert get("attend", None, None) == da._TILING["attend"] == (2, 3)
+  assert get("write", None, None) == da._TILING["write"] == (4, 2)
+  monkeypatch.setattr(da, "NUM_STAGES", 4)
+  assert get("attend", None, None) == (2, 4) and get("write", 8, None) == (8, 4)
+  assert da._compiler_params(True, "attend", 8, 4) == {}      # interpret mode: no launch
