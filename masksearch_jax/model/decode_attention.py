@@ -9,7 +9,9 @@ cache layout [B, S, K, Dh] (no transpose copy) in 64-key blocks with an online s
 nothing past the row's length (masked loads), and writes a partial (max, sum, weighted values);
 a few XLA ops then merge the splits (flash-decoding). How many splits: `key_splits` (one 64-key
 block a program at batch 1; two shares a row at batch 64, where one block a program made the
-partials' traffic half the cache's: 1.5B on an H200, 29,433 vs 28,462 tok/s; RESULTS.md).
+partials' traffic half the cache's: 1.5B on an H200, 29,433 vs 28,462 tok/s; RESULTS.md). The
+attend-only kernel shares out the row's filled blocks, not the cache's, so that no program walks
+them all while the others idle.
 
 `decode_attend_write` also appends the new token's key and value to the cache: the program whose
 key block holds slot `end` (the row's length before this token) attends to the new key from its
@@ -55,8 +57,9 @@ NUM_STAGES: int | None = None
 # (warps, stages) per kernel. The attend-only kernel runs above WRITE_MAX_ROWS rows, where each
 # program walks several key blocks and a third pipeline stage keeps more loads in flight: 1.5B,
 # batch 64, H200, w2 s3 31,684 / 31,614 tok/s against w4 s2 30,464 / 30,547 (session 21,
-# RESULTS.md). The appending kernel (a block or two a program, few rows) is latency-bound and
-# showed no difference (695.6 vs 694.1 tok/s at batch 1).
+# RESULTS.md; the best of 36 tilings alone, benchmarks/decode_attention.py). The appending kernel
+# (one block a program at few rows) is latency-bound: the best tiling alone, w4 s1, gave 695.6
+# against 694.1 tok/s at batch 1, so it keeps w4 s2.
 _TILING = {"attend": (2, 3), "write": (4, 2)}
 
 
