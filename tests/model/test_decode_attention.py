@@ -221,3 +221,24 @@ def test_launch_settings_per_kernel(monkeypatch):
   monkeypatch.setattr(da, "NUM_STAGES", 4)
   assert get("attend", None, None) == (2, 4) and get("write", 8, None) == (8, 4)
   assert da._compiler_params(True, "attend", 8, 4) == {}      # interpret mode: no launch
+
+
+def test_write_kernel_reads_queries_and_new_kv_from_one_array():
+  """The padded queries and the new k/v reach the appending kernel as one array (one XLA fusion
+  computes them all): its three operands after the slots are the same value."""
+  q, k, v = _inputs(2, 12, 2, 32, 128, jnp.float32)
+  end = jnp.asarray([3, 70], jnp.int32)
+  jaxpr = jax.make_jaxpr(lambda *a: da.decode_attend_write(*a, interpret=True))(
+      q, k[:, :1], v[:, :1], k, v, end)
+  calls = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name == "pallas_call"]
+  assert len(calls) == 1
+  ops = calls[0].invars[1:4]
+  assert ops[0] is ops[1] is ops[2] and ops[0].aval.shape == (2, 2 * 16 + 2 * 2, 32)
+
+
+def _eqns(jaxpr):
+  """Every equation of a jaxpr and of the jitted calls inside it (not kernel bodies)."""
+  for e in jaxpr.eqns:
+    yield e
+    if e.primitive.name != "pallas_call" and "jaxpr" in e.params:
+      yield from _eqns(getattr(e.params["jaxpr"], "jaxpr", e.params["jaxpr"]))
