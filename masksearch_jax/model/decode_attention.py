@@ -126,8 +126,9 @@ def _attend_span(load_kv, q, *, start, n, blk: int, steps, scale: float):
   """Online softmax of the 16 query rows q [16, Dh] over keys [start, start + steps * blk)
   (steps static or traced), of which those >= n are masked (and not read: load_kv(i, live) loads
   block i's keys and values [blk, Dh] only where live [blk]). Returns (acc [16, Dh]
-  unnormalised, m [16], l [16]) in f32. With start < n the first block has a live key, so m is finite from then on; a program wholly
-  past n reads nothing and returns m = -1e30, which _finish turns into the neutral partial."""
+  unnormalised, m [16], l [16]) in f32. With start < n the first block has a live key, so m is
+  finite from then on; a program wholly past n reads nothing and returns m = -1e30, which
+  _finish turns into the neutral partial."""
   def body(i, carry):
     m, l, acc = carry
     live = start + i * blk + jnp.arange(blk) < n
