@@ -31,42 +31,56 @@ def supported(k_cache_shape) -> bool:
   return w >= 16 and w & (w - 1) == 0
 
 
-def _kernel(end_ref, kn_ref, vn_ref, k_ref, v_ref, ko_ref, vo_ref):
-  """end_ref [] int32; kn/vn [1, K * Dh]; the caches' row [S, K * Dh] (ko/vo alias k/v)."""
+def _kernel(end_ref, kn_ref, vn_ref, k_ref, v_ref, ko_ref, vo_ref, *, kh: int, slots: int):
+  """end_ref [] int32; kn/vn [K, Dh] the new key / value heads; the caches' row viewed as
+  [S * K, Dh] (slot t: rows t*K .. t*K + K - 1; ko/vo alias k/v)."""
   del k_ref, v_ref                                     # only written, through the aliases
   end = end_ref[...]
 
-  @pl.when(end < ko_ref.shape[0])
+  @pl.when(end < slots)
   def _():
-    ko_ref[pl.ds(end, 1), :] = kn_ref[...]
-    vo_ref[pl.ds(end, 1), :] = vn_ref[...]
+    ko_ref[pl.ds(end * kh, kh), :] = kn_ref[...].astype(ko_ref.dtype)
+    vo_ref[pl.ds(end * kh, kh), :] = vn_ref[...].astype(vo_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("interpret",))
 def append(k_new, v_new, k_cache, v_cache, end, *, interpret: bool = False):
   """k_new/v_new [B, 1, K, Dh] (cast to the cache dtype) into k_cache/v_cache [B, S, K, Dh] at
   slot end [B] (int; >= S: dropped). Returns the two caches, updated in place."""
+  b, _, kh, dh = k_cache.shape
+  # k and v in one array, so XLA computes both (RoPE, bias, the split of the fused q/k/v
+  # product) in one fusion, not one each; the kernel reads each part through its own spec.
+  rows = jnp.concatenate([k_new.reshape(b, kh, dh).astype(k_cache.dtype),
+                          v_new.reshape(b, kh, dh).astype(k_cache.dtype)], axis=1)  # [B, 2K, Dh]
+  return append_rows(rows, k_cache, v_cache, end, first=0, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("first", "interpret"))
+def append_rows(rows, k_cache, v_cache, end, *, first: int, interpret: bool = False):
+  """The new key heads rows[:, first:first + K] and value heads rows[:, first + K:first + 2K]
+  of rows [B, R, Dh] (any float dtype: cast to the cache's) into k_cache/v_cache [B, S, K, Dh]
+  at slot end [B] (>= S: dropped). `first` a multiple of K, so that another kernel can read
+  other rows of the same array (decode_attention.new_rows: the padded queries first) and XLA
+  computes them all in one fusion. Returns the two caches, updated in place."""
   if k_cache.dtype != v_cache.dtype:
     raise ValueError(f"k and v caches differ in dtype: {k_cache.dtype} vs {v_cache.dtype}")
   b, s, kh, dh = k_cache.shape
-  w = kh * dh
-  k3, v3 = k_cache.reshape(b, s, w), v_cache.reshape(b, s, w)      # free: heads side by side
-  # k and v side by side in one array, so XLA computes both (RoPE, bias, the split of the fused
-  # q/k/v product) in one fusion, not one each; the kernel reads each half through its own spec.
-  kv = jnp.concatenate([k_new.reshape(b, 1, w).astype(k3.dtype),
-                        v_new.reshape(b, 1, w).astype(v3.dtype)], axis=-1)       # [B, 1, 2W]
-  k_half = pl.BlockSpec((None, 1, w), lambda i: (i, 0, 0))
-  v_half = pl.BlockSpec((None, 1, w), lambda i: (i, 0, 1))
-  row = pl.BlockSpec((None, s, w), lambda i: (i, 0, 0))
+  if first % kh or rows.shape[0] != b or rows.shape[2] != dh or rows.shape[1] < first + 2 * kh:
+    raise ValueError(f"append_rows: rows {rows.shape} cannot hold {kh} key and {kh} value heads "
+                     f"of {dh} at row {first} (a multiple of {kh}) for {b} cache rows")
+  k3, v3 = k_cache.reshape(b, s * kh, dh), v_cache.reshape(b, s * kh, dh)   # free: a view
+  k_part = pl.BlockSpec((None, kh, dh), lambda i: (i, first // kh, 0))
+  v_part = pl.BlockSpec((None, kh, dh), lambda i: (i, first // kh + 1, 0))
+  row = pl.BlockSpec((None, s * kh, dh), lambda i: (i, 0, 0))
   kwargs = {}
   if not interpret:
     from jax.experimental.pallas import triton as plgpu
     kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=1, num_stages=1)
   k3, v3 = pl.pallas_call(
-      _kernel, grid=(b,),
-      in_specs=[pl.BlockSpec((None,), lambda i: (i,)), k_half, v_half, row, row],
+      functools.partial(_kernel, kh=kh, slots=s), grid=(b,),
+      in_specs=[pl.BlockSpec((None,), lambda i: (i,)), k_part, v_part, row, row],
       out_specs=[row, row],
       out_shape=[jax.ShapeDtypeStruct(k3.shape, k3.dtype), jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
       input_output_aliases={3: 0, 4: 1}, interpret=interpret, name="kv_cache_append", **kwargs,
-  )(end.astype(jnp.int32), kv, kv, k3, v3)
+  )(end.astype(jnp.int32), rows, rows, k3, v3)
   return k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)

@@ -175,7 +175,8 @@ def _kernel(len_ref, q_ref, k_ref, v_ref, *out_refs, scale: float, blk: int, ns:
   [c * per, c * per + per) of the cdiv(n, blk) live ones), not the cache's: with a static split
   the program holding the cache's start walked every filled block while the others idled
   (at 512 of 768 slots filled and 2 splits: 6 blocks against 2)."""
-  n, c = len_ref[...], pl.program_id(2)
+  # A full row steps on with length S + 1 (its token dropped): attend the S slots, read no more.
+  n, c = jnp.minimum(len_ref[...], k_ref.shape[0]), pl.program_id(2)
   live_blocks = (n + blk - 1) // blk
   per = (live_blocks + ns - 1) // ns
   first = c * per
@@ -223,18 +224,32 @@ def _merge(o, m, l, b, kh, ns, g, h, dh, dtype):
 
 
 def _padded_queries(q, kh):
+  """q [B, 1, H, Dh] -> [B, K * 16, Dh]: each kv head's G query heads, then zero rows."""
   b, _, h, dh = q.shape
   qg = q.reshape(b, kh, h // kh, dh)
-  return jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - h // kh), (0, 0))).reshape(b * kh, _Q_ROWS, dh)
+  return jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - h // kh), (0, 0))).reshape(b, kh * _Q_ROWS, dh)
+
+
+def new_rows(q, k_new, v_new):
+  """One decode step's padded queries and new keys and values as one array [B, K * 16 + 2K, Dh]
+  in q's dtype (row i: K x 16 query rows, K key rows, K value rows), so that XLA computes them
+  all (bias, RoPE, the padding, the split of the fused q/k/v product) in one fusion; the kernels
+  read their parts through block specs (decode_attend_write, decode_attend_rows and
+  cache_append.append_rows with first = K * 16)."""
+  b, kh, dh = k_new.shape[0], k_new.shape[2], k_new.shape[3]
+  return jnp.concatenate([_padded_queries(q, kh), k_new.reshape(b, kh, dh).astype(q.dtype),
+                          v_new.reshape(b, kh, dh).astype(q.dtype)], axis=1)
 
 
 def _outputs_io(b: int, kh: int, ns: int, dh: int, dtype):
-  """(q block spec, out specs, out shapes) of a grid (row, kv head, key split): q [B * K, 16, Dh]
-  in; partials o [B * K * ns, 16, Dh], m / l [B * K * ns, 16] f32 out — or, with one split,
-  the normalised [B * K, 16, Dh] in `dtype`."""
-  q_spec = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0))
+  """(q block spec, out specs, out shapes) of a grid (row, kv head, key split): queries read
+  from rows [B, >= K * 16, Dh] (new_rows, or the padded queries alone); partials
+  o [B * K * ns, 16, Dh], m / l [B * K * ns, 16] f32 out — or, with one split, the normalised
+  [B * K, 16, Dh] in `dtype`."""
+  q_spec = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i, j, 0))   # rows 16j.. of row i
   if ns == 1:
-    return (q_spec, [q_spec], [jax.ShapeDtypeStruct((b * kh, _Q_ROWS, dh), dtype)])
+    out = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0))
+    return (q_spec, [out], [jax.ShapeDtypeStruct((b * kh, _Q_ROWS, dh), dtype)])
   part = lambda i, j, c: ((i * kh + j) * ns + c, 0)
   specs = [pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
            pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part)]
@@ -287,22 +302,17 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
   blk, ns, steps = _plan(b, kh, s, splits, block)
   k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
   kv_spec = _kv_spec(steps * blk, dh)
-  # The padded queries and the new k and v in one array, row i: K x 16 query rows (a group's G
-  # heads, then zeros), K key rows, K value rows. XLA then computes all of them (bias, RoPE, the
-  # padding, the split of the fused q/k/v product) in one fusion, not two (batch 1 on an H200:
-  # 702.2 / 700.3 vs 695.6 / 696.4 tok/s; RESULTS.md, session 21).
+  # Queries and the new k and v in one array (new_rows): one XLA fusion a layer computes them,
+  # not two (batch 1 on an H200: 702.2 / 700.3 vs 695.6 / 696.4 tok/s; RESULTS.md, session 21).
   qr = kh * _Q_ROWS
-  new_rows = jnp.concatenate([_padded_queries(q, kh).reshape(b, qr, dh),
-                              k_new.reshape(b, kh, dh).astype(q.dtype),
-                              v_new.reshape(b, kh, dh).astype(q.dtype)], axis=1)  # [B, qr + 2K, Dh]
-  q_in = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i, j, 0))   # block j: rows 16j..
+  rows = new_rows(q, k_new, v_new)                                     # [B, qr + 2K, Dh]
   k_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, qr + j, 0))
   v_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, qr + kh + j, 0))
-  _, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
+  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
   *outs, k3, v3 = pl.pallas_call(
       functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk, steps=steps),
       grid=(b, kh, ns),
-      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_in, k_spec, v_spec,
+      in_specs=[pl.BlockSpec((None,), lambda i, j, c: (i,)), q_spec, k_spec, v_spec,
                 kv_spec, kv_spec],
       out_specs=out_specs + [kv_spec, kv_spec],
       out_shape=out_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
@@ -310,7 +320,7 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
       input_output_aliases={4: len(out_specs), 5: len(out_specs) + 1},
       interpret=interpret, name="decode_attention_write",
       **_compiler_params(interpret, "write", num_warps, num_stages),
-  )(end.astype(jnp.int32), new_rows, new_rows, new_rows, k3, v3)
+  )(end.astype(jnp.int32), rows, rows, rows, k3, v3)
   out = _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)
   return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
 
@@ -322,12 +332,23 @@ def decode_attend(q, k, v, lengths, *, interpret: bool = False, splits: int | No
   """q [B, 1, H, Dh], k/v [B, S, K, Dh] (the cache), lengths [B] int32 (slots < length are
   attended; >= 1) -> [B, 1, H, Dh] in q's dtype. splits, block, num_warps, num_stages: as in
   decode_attend_write."""
-  b, _, h, dh = q.shape
-  s, kh = k.shape[1], k.shape[2]
+  return decode_attend_rows(_padded_queries(q, k.shape[2]), k, v, lengths, num_heads=q.shape[2],
+                            interpret=interpret, splits=splits, block=block, num_warps=num_warps,
+                            num_stages=num_stages)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("num_heads",))
+def decode_attend_rows(rows, k, v, lengths, *, num_heads: int, interpret: bool = False,
+                       splits: int | None = None, block: int | None = None,
+                       num_warps: int | None = None, num_stages: int | None = None):
+  """decode_attend with the queries given padded, as the first K * 16 rows of rows [B, R, Dh]
+  (new_rows' layout; rows past them are not read) -> [B, 1, num_heads, Dh] in rows' dtype."""
+  b, s, kh, dh = k.shape
+  h = num_heads
   blk, ns, _ = _plan(b, kh, s, splits, block)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
   kv_spec = pl.BlockSpec((None, s, dh), lambda i, j, c: (i, 0, j))   # the whole row: see _kernel
-  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
+  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, rows.dtype)
   outs = pl.pallas_call(
       functools.partial(_kernel, scale=dh ** -0.5, blk=blk, ns=ns),
       grid=(b, kh, ns),
@@ -335,5 +356,5 @@ def decode_attend(q, k, v, lengths, *, interpret: bool = False, splits: int | No
       out_specs=out_specs, out_shape=out_shapes,
       interpret=interpret, name="decode_attention",
       **_compiler_params(interpret, "attend", num_warps, num_stages),
-  )(lengths.astype(jnp.int32), _padded_queries(q, kh), k3, v3)
-  return _combine(outs, b, kh, ns, h // kh, h, dh, q.dtype)
+  )(lengths.astype(jnp.int32), rows, k3, v3)
+  return _combine(outs, b, kh, ns, h // kh, h, dh, rows.dtype)

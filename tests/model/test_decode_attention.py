@@ -242,3 +242,16 @@ def _eqns(jaxpr):
     yield e
     if e.primitive.name != "pallas_call" and "jaxpr" in e.params:
       yield from _eqns(getattr(e.params["jaxpr"], "jaxpr", e.params["jaxpr"]))
+
+
+@pytest.mark.parametrize("splits", [None, 1, 2])
+def test_lengths_past_the_cache_attend_every_slot(splits):
+  """A row whose cache is full steps on with length S + 1 (its new token dropped, as the
+  scatter's mode="drop" does): every slot is attended and nothing past the cache is read."""
+  b, h, kh, dh, s = 3, 4, 2, 16, 64
+  q, k, v = _inputs(b, h, kh, dh, s, jnp.float32, seed=7)
+  n = jnp.asarray([s + 1, s + 40, 3], jnp.int32)
+  mask = jnp.arange(s)[None, None, :] < jnp.minimum(n, s)[:, None, None]
+  got = da.decode_attend(q, k, v, n, interpret=True, splits=splits, block=16)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(attention.attend_xla(q, k, v, mask)),
+                             atol=2e-6, rtol=0)
