@@ -75,6 +75,9 @@ flags.DEFINE_integer("decode_key_splits", 0, "attn_impl=pallas: programs per (ro
 flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-attention kernel's "
                     "tiling 'bBLOCK wWARPS sSTAGES', any subset (decode_attention.BLOCK_KEYS, "
                     "NUM_WARPS, NUM_STAGES; benchmarks/decode_attention.py sweeps them)")
+flags.DEFINE_bool("decode_shared_rows", False, "attn_impl=pallas, rows above the cache_write "
+                  "limit: the append and attend kernels read the queries and new k/v from one "
+                  "array (attention.SHARED_ROWS)")
 FLAGS = flags.FLAGS
 
 
@@ -195,12 +198,13 @@ def bench_multi_turn(cfg, params, scan, dtype):
 def apply_decode_settings() -> None:
   """The decode-kernel flags -> the module settings they A/B (read when the decode step is
   traced, so process-wide); profile_decode.py applies the same ones."""
-  from masksearch_jax.model import cache_append, decode_attention, qwen2
+  from masksearch_jax.model import attention, cache_append, decode_attention, qwen2
   cache_append.ENABLED = FLAGS.cache_append
   if FLAGS.cache_write_max_rows >= 0:
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
   decode_attention.set_tiling(FLAGS.decode_attn_tiling)
+  attention.SHARED_ROWS = FLAGS.decode_shared_rows
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 

@@ -126,6 +126,36 @@ def decode_appends_cache(impl: str, q, k_cache) -> bool:
           and cache_append.supported(k_cache.shape) and _unsplit(q, k_cache))
 
 
+# Above WRITE_MAX_ROWS the queries go to the attend kernel and the new k/v to the append kernel,
+# each computed by an XLA fusion of its own (the query pad + RoPE 57 us and the k/v concatenation
+# 64 us of a 1.96 ms 1.5B step at batch 64 on an H200; RESULTS.md, session 21). SHARED_ROWS: both
+# kernels read one array (decode_attention.new_rows), one fusion a layer, as the appending kernel
+# does at few rows (+0.6-0.9% at batch 1). Not yet measured at batch 64, so off by default
+# (benchmarks/sampler.py --decode_shared_rows).
+SHARED_ROWS = False
+
+
+def decode_shares_rows(impl: str, q, k_cache) -> bool:
+  """Whether append_attend_decode runs: SHARED_ROWS, the append kernel and the decode kernel
+  both run (decode_appends_cache and a supported shape), and q is in the cache's dtype."""
+  return (SHARED_ROWS and decode_appends_cache(impl, q, k_cache)
+          and _decode_kernel_runs(impl, q, k_cache) and q.dtype == k_cache.dtype)
+
+
+def append_attend_decode(q, k_new, v_new, k_cache, v_cache, end):
+  """As append_decode then attend_decode (lengths end + 1), with the queries and the new k/v in
+  one array that both kernels read. Only where decode_shares_rows holds. Returns (out [B, 1, H,
+  Dh], k_cache, v_cache)."""
+  interpret = jax.default_backend() == "cpu"
+  rows = decode_attention.new_rows(q, k_new, v_new)
+  kc, vc = cache_append.append_rows(rows, k_cache, v_cache, end,
+                                    first=decode_attention.kv_row(k_cache.shape[2]),
+                                    interpret=interpret)
+  out = decode_attention.decode_attend_rows(rows, kc, vc, end + 1, num_heads=q.shape[2],
+                                            interpret=interpret)
+  return out, kc, vc
+
+
 def append_decode(k_new, v_new, k_cache, v_cache, end):
   """k_new/v_new [B, 1, K, Dh] written into the caches [B, S, K, Dh] at slot end [B] (>= S:
   dropped), in place, by one kernel (model/cache_append.py). Only where decode_appends_cache

@@ -230,6 +230,11 @@ def _padded_queries(q, kh):
   return jnp.pad(qg, ((0, 0), (0, 0), (0, _Q_ROWS - h // kh), (0, 0))).reshape(b, kh * _Q_ROWS, dh)
 
 
+def kv_row(kh: int) -> int:
+  """Where the new keys start in new_rows' layout (after K x 16 query rows)."""
+  return kh * _Q_ROWS
+
+
 def new_rows(q, k_new, v_new):
   """One decode step's padded queries and new keys and values as one array [B, K * 16 + 2K, Dh]
   in q's dtype (row i: K x 16 query rows, K key rows, K value rows), so that XLA computes them
@@ -304,7 +309,7 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
   kv_spec = _kv_spec(steps * blk, dh)
   # Queries and the new k and v in one array (new_rows): one XLA fusion a layer computes them,
   # not two (batch 1 on an H200: 702.2 / 700.3 vs 695.6 / 696.4 tok/s; RESULTS.md, session 21).
-  qr = kh * _Q_ROWS
+  qr = kv_row(kh)
   rows = new_rows(q, k_new, v_new)                                     # [B, qr + 2K, Dh]
   k_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, qr + j, 0))
   v_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, qr + kh + j, 0))

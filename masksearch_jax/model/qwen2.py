@@ -294,6 +294,11 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a, kc, vc = attention.attend_decode_write(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv,
                                               cache_end)
     return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
+  if (cache_kv is not None and q.shape[1] == 1
+      and attention.decode_shares_rows(impl, q, cache_kv[0])):      # append, attend: one array
+    a, kc, vc = attention.append_attend_decode(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv,
+                                               cache_end)
+    return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
   if cache_kv is not None:
     kc, vc = cache_kv
     b, t = k.shape[:2]
