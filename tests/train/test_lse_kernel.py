@@ -47,3 +47,11 @@ def test_fused_loss_with_the_kernel_equals_xla():
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="lse_impl='triton'"):
     f(h, w, "triton")
+
+
+def test_lowers_through_triton_for_cuda():
+  """The kernel lowers through Pallas' Triton path for CUDA at the Qwen2.5 vocabulary (what a GPU
+  runs; the other tests run it in interpret mode)."""
+  from tests.cuda_lowering import triton_kernels
+  x = jax.ShapeDtypeStruct((4 * lse_kernel.ROWS, 151936), jnp.bfloat16)
+  assert triton_kernels(lambda x: lse_kernel.lse_argmax(x, interpret=False), x) == 1
