@@ -122,7 +122,7 @@ def main(argv):
         if write:
           end = n - 1
           one = lambda q, kc, vc, o=opts: da.decode_attend_write(q, kn, vn, kc, vc, end, **o)
-          got = one(q0, ks[0] + 0, vs[0] + 0)[0]    # copies: the call donates nothing, but safe
+          got = one(q0, ks[0], vs[0])[0]            # not donated: ks[0] stays as it was
           want = ref_write
         else:
           one = lambda q, kc, vc, o=opts: (da.decode_attend(q, kc, vc, n, **o), kc, vc)

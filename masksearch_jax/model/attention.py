@@ -97,6 +97,11 @@ def _pallas_runs(impl: str) -> bool:
   return impl == "pallas" and jax.default_backend() in ("gpu", "cpu")
 
 
+def _interpret() -> bool:
+  """The Pallas kernels run in interpret mode on CPU (tests), compiled on a GPU."""
+  return jax.default_backend() == "cpu"
+
+
 def _decode_kernel_runs(impl: str, q, k_cache) -> bool:
   """_pallas_runs and a shape model/decode_attention.py takes."""
   return _pallas_runs(impl) and decode_attention.supported(q.shape, k_cache.shape)
@@ -146,7 +151,7 @@ def append_attend_decode(q, k_new, v_new, k_cache, v_cache, end):
   """As append_decode then attend_decode (lengths end + 1), with the queries and the new k/v in
   one array that both kernels read. Only where decode_shares_rows holds. Returns (out [B, 1, H,
   Dh], k_cache, v_cache)."""
-  interpret = jax.default_backend() == "cpu"
+  interpret = _interpret()
   rows = decode_attention.new_rows(q, k_new, v_new)
   kc, vc = cache_append.append_rows(rows, k_cache, v_cache, end,
                                     first=decode_attention.kv_row(k_cache.shape[2]),
@@ -161,7 +166,7 @@ def append_decode(k_new, v_new, k_cache, v_cache, end):
   dropped), in place, by one kernel (model/cache_append.py). Only where decode_appends_cache
   holds. Returns (k_cache, v_cache)."""
   return cache_append.append(k_new, v_new, k_cache, v_cache, end,
-                             interpret=jax.default_backend() == "cpu")
+                             interpret=_interpret())
 
 
 def attend_decode_write(q, k_new, v_new, k_cache, v_cache, end):
@@ -169,7 +174,7 @@ def attend_decode_write(q, k_new, v_new, k_cache, v_cache, end):
   end [B] and attended together with slots < end, in one kernel (model/decode_attention.py).
   Only where decode_writes_cache(...) holds. Returns (out [B, 1, H, Dh], k_cache, v_cache)."""
   return decode_attention.decode_attend_write(q, k_new, v_new, k_cache, v_cache, end,
-                                              interpret=jax.default_backend() == "cpu")
+                                              interpret=_interpret())
 
 
 def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):
@@ -179,6 +184,6 @@ def attend_decode(q, k, v, lengths, mask, *, impl: str = "xla"):
   tests) where its shapes allow; everything else (TPUs included) goes through `attend`."""
   if not _decode_kernel_runs(impl, q, k):
     return attend(q, k, v, mask, impl=impl)
-  interpret = jax.default_backend() == "cpu"
+  interpret = _interpret()
   fn = lambda q, k, v, n: decode_attention.decode_attend(q, k, v, n, interpret=interpret)
   return _per_shard(fn, q, k, v, lengths, extra_is_mask=False)

@@ -350,6 +350,11 @@ def decode_attend_rows(rows, k, v, lengths, *, num_heads: int, interpret: bool =
   (new_rows' layout; rows past them are not read) -> [B, 1, num_heads, Dh] in rows' dtype."""
   b, s, kh, dh = k.shape
   h = num_heads
+  if (rows.shape[0] != b or rows.shape[2] != dh or rows.shape[1] < kv_row(kh) or h % kh
+      or not 1 <= h // kh <= _Q_ROWS):
+    raise ValueError(f"decode_attend_rows: rows {rows.shape} must hold {kv_row(kh)} padded query "
+                     f"rows of {dh} for each of the {b} cache rows, and num_heads={h} must be a "
+                     f"multiple of the {kh} kv heads, at most {_Q_ROWS} per kv head")
   blk, ns, _ = _plan(b, kh, s, splits, block)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
   kv_spec = pl.BlockSpec((None, s, dh), lambda i, j, c: (i, 0, j))   # the whole row: see _kernel

@@ -255,3 +255,15 @@ def test_lengths_past_the_cache_attend_every_slot(splits):
   got = da.decode_attend(q, k, v, n, interpret=True, splits=splits, block=16)
   np.testing.assert_allclose(np.asarray(got), np.asarray(attention.attend_xla(q, k, v, mask)),
                              atol=2e-6, rtol=0)
+
+
+def test_attend_rows_rejects_rows_that_cannot_hold_the_queries():
+  q, k, v = _inputs(2, 4, 2, 16, 64, jnp.float32)
+  n = jnp.asarray([5, 9], jnp.int32)
+  rows = da.new_rows(q, k[:, :1], v[:, :1])
+  np.testing.assert_allclose(
+      np.asarray(da.decode_attend_rows(rows, k, v, n, num_heads=4, interpret=True)),
+      np.asarray(da.decode_attend(q, k, v, n, interpret=True)), atol=1e-6)
+  for bad_rows, heads in ((rows[:, :20], 4), (rows, 3), (rows, 40), (rows[:1], 4)):
+    with pytest.raises(ValueError, match="decode_attend_rows: rows"):
+      da.decode_attend_rows(bad_rows, k, v, n, num_heads=heads, interpret=True)
