@@ -1,0 +1,169 @@
+"""A decode step's attention straight from the fused q/k/v product, as one Pallas (Triton) kernel:
+the q/k/v biases, RoPE, the cache append and the attention itself.
+
+Why: between a layer's q/k/v product and its attention XLA ran two fusions (the queries' bias,
+RoPE and padding to 16 rows a kv head; the new key's bias and RoPE with the value), and above 8
+rows the k/v append was a kernel of its own: 57 + 64 + 48 us of a 1.96 ms 1.5B decode step at
+batch 64 on an H200 (benchmarks/RESULTS.md, session 21). Here the kernel reads the product itself,
+[B, (H + 2K) * Dh] viewed as rows of Dh: program (row b, kv head j, key split c) loads its G query
+rows and the new key and value rows, adds the biases, rotates the queries and the key at the
+row's position (cos / sin given), walks its share of the filled cache blocks exactly as
+decode_attention._kernel does (even splits, online softmax, masked loads), and the program whose
+blocks hold the new slot stores the rotated key and the value there (the caches are aliased).
+With one split a (row, kv head) it writes the G output rows in the model's layout; with more it
+writes flash-decoding partials that decode_attention's merge combines.
+
+RoPE with no rotate in registers: queries and keys are kept as half tiles [16, Dh/2] (x1, x2), so
+rotate-half is (x1 c - x2 s, x2 c + x1 s), and a score is the sum of two half-width dots (the
+cache's keys are loaded as their two halves: the same bytes).
+
+Semantics are decode_attention.decode_attend_write's (slot `end` written, slots <= end attended;
+end >= S: the token is dropped and all S slots attended). On other backends than GPU it runs in
+Pallas interpret mode (tests).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from masksearch_jax.model import decode_attention as da
+
+_F32 = jnp.float32
+
+
+def supported(num_heads: int, k_shape) -> bool:
+  """G = H / K query heads per kv head (at most 16: one tile), Dh a power of two >= 32 (two
+  half-width dots of >= 16), and a key block dividing the cache length."""
+  _, s, kh, dh = k_shape
+  return (num_heads % kh == 0 and 1 <= num_heads // kh <= da._Q_ROWS and dh >= 32
+          and dh & (dh - 1) == 0 and da.block_size(s) is not None)
+
+
+def _rope(x1, x2, cos, sin):
+  """Rotate-half RoPE on the two halves (f32)."""
+  return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+
+
+def _row(ref, bias_ref, r: int, cols):
+  """Row r of a product block plus its bias, columns `cols`, in f32 -> [cols]."""
+  return ref[r, cols].astype(_F32) + bias_ref[r, cols].astype(_F32)
+
+
+def _query_tile(q_ref, qb_ref, g: int, cols, width: int):
+  """[16, width] f32: rows 0..g-1 the g query heads (plus bias), the rest zero."""
+  rid = jnp.arange(da._Q_ROWS)[:, None]
+  tile = jnp.zeros((da._Q_ROWS, width), _F32)
+  for r in range(g):
+    tile = jnp.where(rid == r, _row(q_ref, qb_ref, r, cols)[None, :], tile)
+  return tile
+
+
+def _kernel(end_ref, cs_ref, q_ref, qb_ref, kn_ref, kb_ref, vn_ref, vb_ref, k_ref, v_ref, *refs,
+            g: int, scale: float, blk: int, ns: int):
+  """end_ref []: the new token's slot; cs_ref [2, Dh/2] f32 (cos, sin at its position); q_ref /
+  qb_ref [G, Dh] the kv head's query rows of the product and their biases; kn/kb, vn/vb [1, Dh]
+  the new key and value rows and biases; k_ref/v_ref [S, Dh] the row's cache for this kv head;
+  refs: the outputs (out [G, Dh], or partials o [16, Dh], m/l [16]) then ko/vo aliasing k/v."""
+  from jax.experimental.pallas import triton as plgpu
+  *out_refs, ko_ref, vo_ref = refs
+  s_len, dh = k_ref.shape
+  half = dh // 2
+  lo, hi = pl.ds(0, half), pl.ds(half, half)
+  dt = k_ref.dtype
+  cos, sin = cs_ref[0, :], cs_ref[1, :]
+  q1, q2 = _rope(_query_tile(q_ref, qb_ref, g, lo, half), _query_tile(q_ref, qb_ref, g, hi, half),
+                 cos, sin)
+  k1, k2 = (x.astype(dt) for x in _rope(_row(kn_ref, kb_ref, 0, lo), _row(kn_ref, kb_ref, 0, hi),
+                                        cos, sin))
+  vn = _row(vn_ref, vb_ref, 0, pl.ds(0, dh)).astype(dt)
+
+  end = end_ref[...]
+  n = jnp.minimum(end + 1, s_len)             # a full row (end >= S) attends its S slots
+  live_blocks = (n + blk - 1) // blk
+  per = (live_blocks + ns - 1) // ns
+  first = pl.program_id(2) * per
+  steps = jnp.clip(live_blocks - first, 0, per)
+
+  def load_kv(i, live):
+    keys = pl.ds((first + i) * blk, blk)
+    new = ((first + i) * blk + jnp.arange(blk) == end)[:, None]     # the slot being appended
+    load = lambda ref, cols: plgpu.load(ref.at[keys, cols], mask=live[:, None], other=0)
+    return ((jnp.where(new, k1[None, :], load(k_ref, lo)),
+             jnp.where(new, k2[None, :], load(k_ref, hi))),
+            jnp.where(new, vn[None, :], load(v_ref, pl.ds(0, dh))))
+
+  acc, m, l = da._attend_span(load_kv, (q1.astype(dt), q2.astype(dt)), start=first * blk, n=n,
+                              blk=blk, steps=steps, scale=scale)
+  if ns == 1:                                 # the G real rows, normalised, in the model's layout
+    out = acc / jnp.maximum(l, 1e-30)[:, None]
+    rid = jnp.arange(da._Q_ROWS)[:, None]
+    for r in range(g):
+      out_refs[0][r, :] = jnp.sum(jnp.where(rid == r, out, 0.0), axis=0).astype(out_refs[0].dtype)
+  else:
+    da._finish(acc, m, l, out_refs, start=first * blk, n=n)
+
+  slot_block = end // blk
+
+  @pl.when((end < s_len) & (first <= slot_block) & (slot_block < first + steps))
+  def _():
+    ko_ref[pl.ds(end, 1), lo] = k1[None, :]
+    ko_ref[pl.ds(end, 1), hi] = k2[None, :]
+    vo_ref[pl.ds(end, 1), :] = vn[None, :]
+
+
+@functools.partial(jax.jit, static_argnames=da._STATIC + ("num_heads",))
+def decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int,
+                      interpret: bool = False, splits: int | None = None, block: int | None = None,
+                      num_warps: int | None = None, num_stages: int | None = None):
+  """One token a row: y [B, (H + 2K) * Dh] the fused q/k/v product (q heads, k heads, v heads;
+  before the bias and RoPE), bias [(H + 2K) * Dh], rope_cs [B, 2, Dh/2] f32 (cos and sin of
+  qwen2.rope_angles at the token's position), caches [B, S, K, Dh] in one dtype, end [B] int32 the token's slot (>= S:
+  dropped, all S slots attended). splits / block / num_warps / num_stages: as in
+  decode_attention.decode_attend_write. Returns (out [B, 1, H, Dh] in the cache dtype, k_cache,
+  v_cache) with the rotated key and the value stored at slot end, in place."""
+  b, s, kh, dh = k_cache.shape
+  h = num_heads
+  rows = h + 2 * kh
+  if (k_cache.dtype != v_cache.dtype or v_cache.shape != k_cache.shape
+      or not supported(h, k_cache.shape) or y.shape != (b, rows * dh)
+      or bias.shape != (rows * dh,) or rope_cs.shape != (b, 2, dh // 2)):
+    raise ValueError(
+        f"decode_attend_qkv: expected y [{b}, {rows * dh}] ({h} query, {kh} key, {kh} value heads "
+        f"of {dh}), bias [{rows * dh}], rope_cs [{b}, 2, {dh // 2}] and two caches of one dtype "
+        f"with at most {da._Q_ROWS} query heads a kv head and a head size that is a power of two "
+        f">= 32; got y {y.shape}, bias {bias.shape}, rope_cs {rope_cs.shape}, caches "
+        f"{k_cache.shape} {k_cache.dtype} / {v_cache.shape} {v_cache.dtype}")
+  g = h // kh
+  blk, ns, _ = da._plan(b, kh, s, splits, block)
+  y3, b2 = y.reshape(b, rows, dh), bias.reshape(rows, dh)             # free: rows of Dh
+  k3, v3 = k_cache.reshape(b, s, kh * dh), v_cache.reshape(b, s, kh * dh)
+  kv_spec = pl.BlockSpec((None, s, dh), lambda i, j, c: (i, 0, j))   # the whole row: even splits
+  row = lambda at: pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, at + j, 0))
+  brow = lambda at: pl.BlockSpec((1, dh), lambda i, j, c: (at + j, 0))
+  in_specs = [pl.BlockSpec((None,), lambda i, j, c: (i,)),
+              pl.BlockSpec((None, 2, dh // 2), lambda i, j, c: (i, 0, 0)),
+              pl.BlockSpec((None, g, dh), lambda i, j, c: (i, j, 0)),
+              pl.BlockSpec((g, dh), lambda i, j, c: (j, 0)),
+              row(h), brow(h), row(h + kh), brow(h + kh), kv_spec, kv_spec]
+  if ns == 1:
+    out_specs = [pl.BlockSpec((None, g, dh), lambda i, j, c: (i, j, 0))]
+    out_shapes = [jax.ShapeDtypeStruct((b, h, dh), k_cache.dtype)]
+  else:
+    _, out_specs, out_shapes = da._outputs_io(b, kh, ns, dh, k_cache.dtype)
+  *outs, k3, v3 = pl.pallas_call(
+      functools.partial(_kernel, g=g, scale=dh ** -0.5, blk=blk, ns=ns),
+      grid=(b, kh, ns), in_specs=in_specs,
+      out_specs=out_specs + [kv_spec, kv_spec],
+      out_shape=out_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
+                              jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
+      input_output_aliases={8: len(out_specs), 9: len(out_specs) + 1},
+      interpret=interpret, name="decode_attention_qkv",
+      **da._compiler_params(interpret, "write" if b <= da.WRITE_MAX_ROWS else "attend",
+                            num_warps, num_stages),
+  )(end.astype(jnp.int32), rope_cs.astype(_F32), y3, b2, y3, b2, y3, b2, k3, v3)
+  out = (outs[0].reshape(b, 1, h, dh) if ns == 1
+         else da._combine(outs, b, kh, ns, g, h, dh, k_cache.dtype))
+  return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
