@@ -75,7 +75,7 @@ flags.DEFINE_integer("decode_key_splits", 0, "attn_impl=pallas: programs per (ro
 flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-attention kernel's "
                     "tiling 'bBLOCK wWARPS sSTAGES', any subset (decode_attention.BLOCK_KEYS, "
                     "NUM_WARPS, NUM_STAGES; benchmarks/decode_attention.py sweeps them)")
-flags.DEFINE_bool("decode_shared_rows", False, "attn_impl=pallas, rows above the cache_write "
+flags.DEFINE_bool("decode_shared_rows", True, "attn_impl=pallas, rows above the cache_write "
                   "limit: the append and attend kernels read the queries and new k/v from one "
                   "array (attention.SHARED_ROWS)")
 flags.DEFINE_bool("decode_qkv_kernel", False, "attn_impl=pallas: one kernel a layer from the q/k/v "

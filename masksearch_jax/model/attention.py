@@ -135,9 +135,9 @@ def decode_appends_cache(impl: str, q, k_cache) -> bool:
 # each computed by an XLA fusion of its own (the query pad + RoPE 57 us and the k/v concatenation
 # 64 us of a 1.96 ms 1.5B step at batch 64 on an H200; RESULTS.md, session 21). SHARED_ROWS: both
 # kernels read one array (decode_attention.new_rows), one fusion a layer, as the appending kernel
-# does at few rows (+0.6-0.9% at batch 1). Not yet measured at batch 64, so off by default
-# (benchmarks/sampler.py --decode_shared_rows).
-SHARED_ROWS = False
+# does at few rows. Measured at batch 64 (1.5B, H200, alternating processes): 32,335 / 32,584
+# tok/s against 31,928 / 32,000 with two arrays (+1.0-2.0%; RESULTS.md, session 22).
+SHARED_ROWS = True
 
 
 def decode_shares_rows(impl: str, q, k_cache) -> bool:
