@@ -6,8 +6,9 @@ softmax computed in float32.
   - "xla":   plain einsum + f32 softmax; runs everywhere, the reference.
   - "jax":   `jax.nn.dot_product_attention`, letting JAX pick (XLA on CPU/TPU).
   - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, the fused GPU kernel.
-  - "pallas": "xla", except that one-token decode steps against the KV cache run the one-kernel
-    Pallas decode attention (`attend_decode`, model/decode_attention.py): a sampler setting.
+  - "pallas": one-token decode steps against the KV cache run the one-kernel Pallas decode
+    attention (`attend_decode`, model/decode_attention.py); longer chunks (prefill, splices) run
+    cuDNN's fused kernel on GPUs in bf16/f16 and "xla" elsewhere: a sampler setting.
 `causal_only=True` promises that the mask is exactly the causal one (no padding, no packing,
 no cache), which lets the fused kernels skip reading a mask at all.
 
@@ -83,13 +84,21 @@ def _per_shard(fn, q, k, v, extra, *, extra_is_mask: bool):
 
 def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
   """q [B, T, H, Dh], k/v [B, S, K, Dh], mask [B, T, S] bool -> [B, T, H, Dh]."""
-  if impl in ("xla", "pallas"):              # pallas: only one-token decode differs (attend_decode)
+  if impl == "pallas":                       # one-token decode: attend_decode's kernels
+    impl = "cudnn" if _cudnn_chunks(q) else "xla"
+  if impl == "xla":
     return attend_xla(q, k, v, mask)
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {impl!r}; choose from {IMPLEMENTATIONS}")
   implementation = "cudnn" if impl == "cudnn" else None
   fn = lambda q, k, v, m: _fused(q, k, v, m, implementation, causal_only)
   return _per_shard(fn, q, k, v, mask, extra_is_mask=True)
+
+
+def _cudnn_chunks(q) -> bool:
+  """impl "pallas" runs multi-token chunks through cuDNN: a GPU and a half-precision dtype (what
+  cuDNN's kernel takes); XLA's attention, which writes the [B, H, T, S] scores, elsewhere."""
+  return jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
 
 
 def _pallas_runs(impl: str) -> bool:
