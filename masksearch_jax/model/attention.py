@@ -189,7 +189,7 @@ def decode_from_qkv(impl: str, num_heads: int, dtype, k_cache) -> bool:
 
 def attend_decode_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int):
   """y [B, (H + 2K) * Dh] a one-token q/k/v product before its bias [(H + 2K) * Dh] and RoPE
-  (rope_cs [B, 2, Dh/2]: cos, sin): the rotated key and the value written into the caches
+  (rope_cs [B, 2, Dh]: qwen2.rope_table): the rotated key and the value written into the caches
   [B, S, K, Dh] at slot end [B] and the queries attended over slots <= end, in one kernel. Only
   where decode_from_qkv holds. Returns (out [B, 1, H, Dh], k_cache, v_cache)."""
   return decode_qkv_attention.decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end,

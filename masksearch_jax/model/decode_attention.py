@@ -125,22 +125,15 @@ def supported(q_shape, k_shape) -> bool:
 def _attend_span(load_kv, q, *, start, n, blk: int, steps, scale: float):
   """Online softmax of the 16 query rows q [16, Dh] over keys [start, start + steps * blk)
   (steps static or traced), of which those >= n are masked (and not read: load_kv(i, live) loads
-  block i's keys and values [blk, Dh] only where live [blk]). q may be a tuple of column parts
-  (e.g. RoPE's halves), and then load_kv's keys are the same parts: a score is the sum of the
-  parts' dots. Returns (acc [16, Dh] unnormalised, m [16], l [16]) in f32. With start < n the
-  first block has a live key, so m is finite from then on; a program wholly past n reads nothing
-  and returns m = -1e30, which _finish turns into the neutral partial."""
-  qs = q if isinstance(q, tuple) else (q,)
-
+  block i's keys and values [blk, Dh] only where live [blk]). Returns (acc [16, Dh]
+  unnormalised, m [16], l [16]) in f32. With start < n the first block has a live key, so m is
+  finite from then on; a program wholly past n reads nothing and returns m = -1e30, which
+  _finish turns into the neutral partial."""
   def body(i, carry):
     m, l, acc = carry
     live = start + i * blk + jnp.arange(blk) < n
     k, v = load_kv(i, live)
-    ks = k if isinstance(k, tuple) else (k,)
-    s = jnp.dot(qs[0], ks[0].T, preferred_element_type=jnp.float32)          # [16, blk]
-    for qp, kp in zip(qs[1:], ks[1:]):
-      s = s + jnp.dot(qp, kp.T, preferred_element_type=jnp.float32)
-    s = s * scale
+    s = jnp.dot(q, k.T, preferred_element_type=jnp.float32) * scale          # [16, blk]
     s = jnp.where(live[None, :], s, _NEG)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     alpha = jnp.exp(m - m_new)
@@ -149,7 +142,7 @@ def _attend_span(load_kv, q, *, start, n, blk: int, steps, scale: float):
     return m_new, l * alpha + jnp.sum(p, axis=1), acc
 
   init = (jnp.full((_Q_ROWS,), _NEG, jnp.float32), jnp.zeros((_Q_ROWS,), jnp.float32),
-          jnp.zeros((_Q_ROWS, sum(x.shape[-1] for x in qs)), jnp.float32))
+          jnp.zeros((_Q_ROWS, q.shape[-1]), jnp.float32))
   m, l, acc = jax.lax.fori_loop(0, steps, body, init)
   return acc, m, l
 

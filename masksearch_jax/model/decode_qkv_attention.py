@@ -13,9 +13,10 @@ blocks hold the new slot stores the rotated key and the value there (the caches 
 With one split a (row, kv head) it writes the G output rows in the model's layout; with more it
 writes flash-decoding partials that decode_attention's merge combines.
 
-RoPE with no rotate in registers: queries and keys are kept as half tiles [16, Dh/2] (x1, x2), so
-rotate-half is (x1 c - x2 s, x2 c + x1 s), and a score is the sum of two half-width dots (the
-cache's keys are loaded as their two halves: the same bytes).
+RoPE in registers: the G queries and the new key share one 16-row tile (the key in row 15), and
+rotate-half is a product with a signed permutation matrix (exact), so the key loop is the
+attend kernel's, full rows. (A first version kept the halves of every row apart and scored with two
+half-width dots: no faster at batch 64; RESULTS.md, session 22.)
 
 Semantics are decode_attention.decode_attend_write's (slot `end` written, slots <= end attended;
 end >= S: the token is dropped and all S slots attended). On other backends than GPU it runs in
@@ -34,51 +35,52 @@ from masksearch_jax.model import decode_attention as da
 _F32 = jnp.float32
 
 
+_KEY_ROW = da._Q_ROWS - 1             # the tile row that carries the new key through RoPE
+
+
 def supported(num_heads: int, k_shape) -> bool:
-  """G = H / K query heads per kv head (at most 16: one tile), Dh a power of two >= 32 (two
-  half-width dots of >= 16), and a key block dividing the cache length."""
+  """G = H / K query heads per kv head, at most 15 (one 16-row tile holds them and the new key),
+  Dh a power of two >= 16, and a key block dividing the cache length."""
   _, s, kh, dh = k_shape
-  return (num_heads % kh == 0 and 1 <= num_heads // kh <= da._Q_ROWS and dh >= 32
+  return (num_heads % kh == 0 and 1 <= num_heads // kh <= _KEY_ROW and dh >= 16
           and dh & (dh - 1) == 0 and da.block_size(s) is not None)
 
 
-def _rope(x1, x2, cos, sin):
-  """Rotate-half RoPE on the two halves (f32)."""
-  return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+def _row(ref, bias_ref, r: int):
+  """Row r [Dh] of a product block plus its bias, in f32."""
+  return ref[r, :].astype(_F32) + bias_ref[r, :].astype(_F32)
 
 
-def _row(ref, bias_ref, r: int, cols):
-  """Row r of a product block plus its bias, columns `cols`, in f32 -> [cols]."""
-  return ref[r, cols].astype(_F32) + bias_ref[r, cols].astype(_F32)
-
-
-def _query_tile(q_ref, qb_ref, g: int, cols, width: int):
-  """[16, width] f32: rows 0..g-1 the g query heads (plus bias), the rest zero."""
+def _rotated_tile(q_ref, qb_ref, kn_ref, kb_ref, cs_ref, g: int, dtype):
+  """[16, Dh] f32: rows 0..g-1 the kv head's queries and row 15 the new key, each plus its bias,
+  rounded to the cache dtype (as the model's product + bias was) and rotated at the row's
+  position. rotate_half(x) = x @ P for a signed permutation P, a [16, Dh] x [Dh, Dh] product that
+  is exact in any dtype: no halves, so the key loop reads the cache as full rows."""
   rid = jnp.arange(da._Q_ROWS)[:, None]
-  tile = jnp.zeros((da._Q_ROWS, width), _F32)
+  x = jnp.zeros((da._Q_ROWS, q_ref.shape[-1]), _F32)
   for r in range(g):
-    tile = jnp.where(rid == r, _row(q_ref, qb_ref, r, cols)[None, :], tile)
-  return tile
+    x = jnp.where(rid == r, _row(q_ref, qb_ref, r)[None, :], x)
+  x = jnp.where(rid == _KEY_ROW, _row(kn_ref, kb_ref, 0)[None, :], x).astype(dtype)
+  dh = x.shape[-1]
+  a, b = jnp.arange(dh)[:, None], jnp.arange(dh)[None, :]
+  p = jnp.where(a == b + dh // 2, -1.0, jnp.where(a + dh // 2 == b, 1.0, 0.0)).astype(dtype)
+  rot = jnp.dot(x, p, preferred_element_type=_F32)                     # [-x2, x1]
+  return x.astype(_F32) * cs_ref[0, :][None, :] + rot * cs_ref[1, :][None, :]
 
 
 def _kernel(end_ref, cs_ref, q_ref, qb_ref, kn_ref, kb_ref, vn_ref, vb_ref, k_ref, v_ref, *refs,
             g: int, scale: float, blk: int, ns: int):
-  """end_ref []: the new token's slot; cs_ref [2, Dh/2] f32 (cos, sin at its position); q_ref /
+  """end_ref []: the new token's slot; cs_ref [2, Dh] f32 (cos, sin at its position); q_ref /
   qb_ref [G, Dh] the kv head's query rows of the product and their biases; kn/kb, vn/vb [1, Dh]
   the new key and value rows and biases; k_ref/v_ref [S, Dh] the row's cache for this kv head;
   refs: the outputs (out [G, Dh], or partials o [16, Dh], m/l [16]) then ko/vo aliasing k/v."""
-  from jax.experimental.pallas import triton as plgpu
   *out_refs, ko_ref, vo_ref = refs
-  s_len, dh = k_ref.shape
-  half = dh // 2
-  lo, hi = pl.ds(0, half), pl.ds(half, half)
+  s_len = k_ref.shape[0]
   dt = k_ref.dtype
-  cos, sin = cs_ref[0, :], cs_ref[1, :]
-  q1, q2 = _rope(_query_tile(q_ref, qb_ref, g, lo, half), _query_tile(q_ref, qb_ref, g, hi, half),
-                 cos, sin)
-  k1, k2 = (x.astype(dt) for x in _rope(_row(kn_ref, kb_ref, 0, lo), _row(kn_ref, kb_ref, 0, hi),
-                                        cos, sin))
-  vn = _row(vn_ref, vb_ref, 0, pl.ds(0, dh)).astype(dt)
+  xr = _rotated_tile(q_ref, qb_ref, kn_ref, kb_ref, cs_ref, g, dt)
+  rid = jnp.arange(da._Q_ROWS)[:, None]
+  kn = jnp.sum(jnp.where(rid == _KEY_ROW, xr, 0.0), axis=0).astype(dt)   # [Dh]
+  vn = _row(vn_ref, vb_ref, 0).astype(dt)
 
   end = end_ref[...]
   n = jnp.minimum(end + 1, s_len)             # a full row (end >= S) attends its S slots
@@ -88,18 +90,14 @@ def _kernel(end_ref, cs_ref, q_ref, qb_ref, kn_ref, kb_ref, vn_ref, vb_ref, k_re
   steps = jnp.clip(live_blocks - first, 0, per)
 
   def load_kv(i, live):
-    keys = pl.ds((first + i) * blk, blk)
     new = ((first + i) * blk + jnp.arange(blk) == end)[:, None]     # the slot being appended
-    load = lambda ref, cols: plgpu.load(ref.at[keys, cols], mask=live[:, None], other=0)
-    return ((jnp.where(new, k1[None, :], load(k_ref, lo)),
-             jnp.where(new, k2[None, :], load(k_ref, hi))),
-            jnp.where(new, vn[None, :], load(v_ref, pl.ds(0, dh))))
+    return (jnp.where(new, kn[None, :], da._masked_block(k_ref, first + i, blk, live)),
+            jnp.where(new, vn[None, :], da._masked_block(v_ref, first + i, blk, live)))
 
-  acc, m, l = da._attend_span(load_kv, (q1.astype(dt), q2.astype(dt)), start=first * blk, n=n,
-                              blk=blk, steps=steps, scale=scale)
+  acc, m, l = da._attend_span(load_kv, xr.astype(dt), start=first * blk, n=n, blk=blk,
+                              steps=steps, scale=scale)
   if ns == 1:                                 # the G real rows, normalised, in the model's layout
     out = acc / jnp.maximum(l, 1e-30)[:, None]
-    rid = jnp.arange(da._Q_ROWS)[:, None]
     for r in range(g):
       out_refs[0][r, :] = jnp.sum(jnp.where(rid == r, out, 0.0), axis=0).astype(out_refs[0].dtype)
   else:
@@ -109,8 +107,7 @@ def _kernel(end_ref, cs_ref, q_ref, qb_ref, kn_ref, kb_ref, vn_ref, vb_ref, k_re
 
   @pl.when((end < s_len) & (first <= slot_block) & (slot_block < first + steps))
   def _():
-    ko_ref[pl.ds(end, 1), lo] = k1[None, :]
-    ko_ref[pl.ds(end, 1), hi] = k2[None, :]
+    ko_ref[pl.ds(end, 1), :] = kn[None, :]
     vo_ref[pl.ds(end, 1), :] = vn[None, :]
 
 
@@ -119,8 +116,8 @@ def decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int
                       interpret: bool = False, splits: int | None = None, block: int | None = None,
                       num_warps: int | None = None, num_stages: int | None = None):
   """One token a row: y [B, (H + 2K) * Dh] the fused q/k/v product (q heads, k heads, v heads;
-  before the bias and RoPE), bias [(H + 2K) * Dh], rope_cs [B, 2, Dh/2] f32 (cos and sin of
-  qwen2.rope_angles at the token's position), caches [B, S, K, Dh] in one dtype, end [B] int32 the token's slot (>= S:
+  before the bias and RoPE), bias [(H + 2K) * Dh], rope_cs [B, 2, Dh] f32 (cos and sin at the
+  token's position, HF's full-width tables: qwen2.rope_table), caches [B, S, K, Dh] in one dtype, end [B] int32 the token's slot (>= S:
   dropped, all S slots attended). splits / block / num_warps / num_stages: as in
   decode_attention.decode_attend_write. Returns (out [B, 1, H, Dh] in the cache dtype, k_cache,
   v_cache) with the rotated key and the value stored at slot end, in place."""
@@ -129,12 +126,12 @@ def decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int
   rows = h + 2 * kh
   if (k_cache.dtype != v_cache.dtype or v_cache.shape != k_cache.shape
       or not supported(h, k_cache.shape) or y.shape != (b, rows * dh)
-      or bias.shape != (rows * dh,) or rope_cs.shape != (b, 2, dh // 2)):
+      or bias.shape != (rows * dh,) or rope_cs.shape != (b, 2, dh)):
     raise ValueError(
         f"decode_attend_qkv: expected y [{b}, {rows * dh}] ({h} query, {kh} key, {kh} value heads "
-        f"of {dh}), bias [{rows * dh}], rope_cs [{b}, 2, {dh // 2}] and two caches of one dtype "
-        f"with at most {da._Q_ROWS} query heads a kv head and a head size that is a power of two "
-        f">= 32; got y {y.shape}, bias {bias.shape}, rope_cs {rope_cs.shape}, caches "
+        f"of {dh}), bias [{rows * dh}], rope_cs [{b}, 2, {dh}] and two caches of one dtype "
+        f"with at most {_KEY_ROW} query heads a kv head and a head size that is a power of two "
+        f">= 16; got y {y.shape}, bias {bias.shape}, rope_cs {rope_cs.shape}, caches "
         f"{k_cache.shape} {k_cache.dtype} / {v_cache.shape} {v_cache.dtype}")
   g = h // kh
   blk, ns, _ = da._plan(b, kh, s, splits, block)
@@ -144,7 +141,7 @@ def decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int
   row = lambda at: pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, at + j, 0))
   brow = lambda at: pl.BlockSpec((1, dh), lambda i, j, c: (at + j, 0))
   in_specs = [pl.BlockSpec((None,), lambda i, j, c: (i,)),
-              pl.BlockSpec((None, 2, dh // 2), lambda i, j, c: (i, 0, 0)),
+              pl.BlockSpec((None, 2, dh), lambda i, j, c: (i, 0, 0)),
               pl.BlockSpec((None, g, dh), lambda i, j, c: (i, j, 0)),
               pl.BlockSpec((g, dh), lambda i, j, c: (j, 0)),
               row(h), brow(h), row(h + kh), brow(h + kh), kv_spec, kv_spec]

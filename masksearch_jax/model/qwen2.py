@@ -118,6 +118,12 @@ def rope_angles(positions, dh: int, theta):
   return jnp.cos(ang), jnp.sin(ang)
 
 
+def rope_table(positions, dh: int, theta):
+  """[B, 2, Dh] f32: cos and sin at positions [B], full width as HF's tables ([c, c]): the decode
+  kernel's input (model/decode_qkv_attention.py), computed once a step for every layer."""
+  return jnp.stack([jnp.concatenate([a, a], -1) for a in rope_angles(positions, dh, theta)], 1)
+
+
 def rope(x, positions, theta):
   """Rotate-half RoPE (HF layout). x [B, T, N, Dh], positions [B, T]."""
   dh = x.shape[-1]
@@ -295,7 +301,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     # bias, RoPE, append and attention in one kernel straight from the q/k/v product
     x, scale = _normed(cfg, h, lp, "input_norm")
     y = _dense(x, lp, "qkv", c, scale)[:, 0]                        # [B, (H + 2K) * Dh]
-    rope_cs = jnp.stack(rope_angles(positions[:, 0], cfg.dim_per_head, cfg.rope_theta), axis=1)
+    rope_cs = rope_table(positions[:, 0], cfg.dim_per_head, cfg.rope_theta)
     a, kc, vc = attention.attend_decode_qkv(y, c(lp["qkv_bias"]), rope_cs, *cache_kv, cache_end,
                                             num_heads=cfg.num_heads)
     return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)

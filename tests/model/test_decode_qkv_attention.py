@@ -30,7 +30,7 @@ def _inputs(b, h, kh, dh, s, ends, dtype=jnp.float32, seed=0):
 
 
 def _rope_cs(pos, dh, theta):
-  return jnp.stack(qwen2.rope_angles(pos, dh, theta), axis=1)
+  return qwen2.rope_table(pos, dh, theta)
 
 
 @pytest.mark.parametrize("b,h,kh,dh,s,ends,splits", [
@@ -39,7 +39,7 @@ def _rope_cs(pos, dh, theta):
     (4, 12, 2, 32, 768, [0, 255, 256, 700], 3),    # the new slot at a program's edges
     (4, 12, 2, 32, 48, [47, 48, 100, 5], None),    # full rows: the token dropped, S slots attended
     (2, 14, 2, 64, 96, [33, 95], 1),               # the 0.5B head shape (G = 7)
-    (2, 16, 1, 32, 64, [10, 63], None),            # 16 query heads a kv head: no spare tile row
+    (2, 15, 1, 16, 64, [10, 63], None),            # 15 query heads a kv head (the tile's limit)
 ])
 def test_equals_bias_rope_scatter_attend(b, h, kh, dh, s, ends, splits):
   theta = 1e6
@@ -70,8 +70,8 @@ def test_bfloat16_within_rounding():
 
 def test_supported_and_bad_shapes_fail_clearly():
   assert dq.supported(12, (1, 768, 2, 128)) and dq.supported(14, (1, 96, 2, 64))
-  assert not dq.supported(12, (1, 768, 2, 16))        # half-width dots need Dh >= 32
-  assert not dq.supported(34, (1, 768, 2, 128))       # 17 query heads a kv head: > one tile
+  assert not dq.supported(12, (1, 768, 2, 8))         # tl.dot needs Dh >= 16
+  assert not dq.supported(32, (1, 768, 2, 128))       # 16 query heads a kv head: no row for the key
   assert not dq.supported(12, (1, 100, 2, 128))       # no key block divides 100 slots
   y, bias, pos, k, v, end = _inputs(2, 12, 2, 32, 64, [3, 4])
   with pytest.raises(ValueError, match="decode_attend_qkv: expected y"):
@@ -79,6 +79,10 @@ def test_supported_and_bad_shapes_fail_clearly():
                          interpret=True)
   with pytest.raises(ValueError, match="rope_cs"):
     dq.decode_attend_qkv(y, bias, _rope_cs(pos, 64, 1e6), k, v, end, num_heads=12,
+                         interpret=True)
+  with pytest.raises(ValueError, match="at most 15 query heads"):
+    y, bias, pos, k, v, end = _inputs(2, 16, 1, 16, 64, [3, 4])
+    dq.decode_attend_qkv(y, bias, _rope_cs(pos, 16, 1e6), k, v, end, num_heads=16,
                          interpret=True)
 
 

@@ -35,7 +35,7 @@ def test_decode_qkv_attention_lowers(b, splits):
   _, _, cache, n = _decode(b)
   r = (H + 2 * K) * DH
   fn = lambda *a: dq.decode_attend_qkv(*a, num_heads=H, splits=splits)
-  assert triton_kernels(fn, sd((b, r), bf16), sd((r,), bf16), sd((b, 2, DH // 2), jnp.float32),
+  assert triton_kernels(fn, sd((b, r), bf16), sd((r,), bf16), sd((b, 2, DH), jnp.float32),
                         cache, cache, n) == 1
 
 
