@@ -51,33 +51,39 @@ def _row(ref, bias_ref, r: int):
   return ref[r, :].astype(_F32) + bias_ref[r, :].astype(_F32)
 
 
-def _rotated_tile(q_ref, qb_ref, kn_ref, kb_ref, cs_ref, g: int, dtype):
+def rotate_half_matrix(dh: int, dtype):
+  """[Dh, Dh] signed permutation P with x @ P = rotate_half(x) = [-x2, x1] (exact in any dtype).
+  A kernel input, not built in the kernel: building it per program cost ~8 us a layer at batch 64
+  (1.5B, H200: 493 us a step for this kernel against 256 for the attend kernel; RESULTS.md)."""
+  a, b = jnp.arange(dh)[:, None], jnp.arange(dh)[None, :]
+  return jnp.where(a == b + dh // 2, -1.0, jnp.where(a + dh // 2 == b, 1.0, 0.0)).astype(dtype)
+
+
+def _rotated_tile(q_ref, qb_ref, kn_ref, kb_ref, cs_ref, p_ref, g: int, dtype):
   """[16, Dh] f32: rows 0..g-1 the kv head's queries and row 15 the new key, each plus its bias,
   rounded to the cache dtype (as the model's product + bias was) and rotated at the row's
-  position. rotate_half(x) = x @ P for a signed permutation P, a [16, Dh] x [Dh, Dh] product that
-  is exact in any dtype: no halves, so the key loop reads the cache as full rows."""
+  position. rotate_half(x) = x @ P (p_ref: rotate_half_matrix), a [16, Dh] x [Dh, Dh] product
+  that is exact in any dtype: no halves, so the key loop reads the cache as full rows."""
   rid = jnp.arange(da._Q_ROWS)[:, None]
   x = jnp.zeros((da._Q_ROWS, q_ref.shape[-1]), _F32)
   for r in range(g):
     x = jnp.where(rid == r, _row(q_ref, qb_ref, r)[None, :], x)
   x = jnp.where(rid == _KEY_ROW, _row(kn_ref, kb_ref, 0)[None, :], x).astype(dtype)
-  dh = x.shape[-1]
-  a, b = jnp.arange(dh)[:, None], jnp.arange(dh)[None, :]
-  p = jnp.where(a == b + dh // 2, -1.0, jnp.where(a + dh // 2 == b, 1.0, 0.0)).astype(dtype)
-  rot = jnp.dot(x, p, preferred_element_type=_F32)                     # [-x2, x1]
+  rot = jnp.dot(x, p_ref[...], preferred_element_type=_F32)            # [-x2, x1]
   return x.astype(_F32) * cs_ref[0, :][None, :] + rot * cs_ref[1, :][None, :]
 
 
-def _kernel(end_ref, cs_ref, q_ref, qb_ref, kn_ref, kb_ref, vn_ref, vb_ref, k_ref, v_ref, *refs,
-            g: int, scale: float, blk: int, ns: int):
-  """end_ref []: the new token's slot; cs_ref [2, Dh] f32 (cos, sin at its position); q_ref /
+def _kernel(end_ref, cs_ref, p_ref, q_ref, qb_ref, kn_ref, kb_ref, vn_ref, vb_ref, k_ref, v_ref,
+            *refs, g: int, scale: float, blk: int, ns: int):
+  """end_ref []: the new token's slot; cs_ref [2, Dh] f32 (cos, sin at its position); p_ref
+  [Dh, Dh] rotate_half_matrix; q_ref /
   qb_ref [G, Dh] the kv head's query rows of the product and their biases; kn/kb, vn/vb [1, Dh]
   the new key and value rows and biases; k_ref/v_ref [S, Dh] the row's cache for this kv head;
   refs: the outputs (out [G, Dh], or partials o [16, Dh], m/l [16]) then ko/vo aliasing k/v."""
   *out_refs, ko_ref, vo_ref = refs
   s_len = k_ref.shape[0]
   dt = k_ref.dtype
-  xr = _rotated_tile(q_ref, qb_ref, kn_ref, kb_ref, cs_ref, g, dt)
+  xr = _rotated_tile(q_ref, qb_ref, kn_ref, kb_ref, cs_ref, p_ref, g, dt)
   rid = jnp.arange(da._Q_ROWS)[:, None]
   kn = jnp.sum(jnp.where(rid == _KEY_ROW, xr, 0.0), axis=0).astype(dt)   # [Dh]
   vn = _row(vn_ref, vb_ref, 0).astype(dt)
@@ -142,6 +148,7 @@ def decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int
   brow = lambda at: pl.BlockSpec((1, dh), lambda i, j, c: (at + j, 0))
   in_specs = [pl.BlockSpec((None,), lambda i, j, c: (i,)),
               pl.BlockSpec((None, 2, dh), lambda i, j, c: (i, 0, 0)),
+              pl.BlockSpec((dh, dh), lambda i, j, c: (0, 0)),
               pl.BlockSpec((None, g, dh), lambda i, j, c: (i, j, 0)),
               pl.BlockSpec((g, dh), lambda i, j, c: (j, 0)),
               row(h), brow(h), row(h + kh), brow(h + kh), kv_spec, kv_spec]
@@ -156,11 +163,12 @@ def decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int
       out_specs=out_specs + [kv_spec, kv_spec],
       out_shape=out_shapes + [jax.ShapeDtypeStruct(k3.shape, k3.dtype),
                               jax.ShapeDtypeStruct(v3.shape, v3.dtype)],
-      input_output_aliases={8: len(out_specs), 9: len(out_specs) + 1},
+      input_output_aliases={9: len(out_specs), 10: len(out_specs) + 1},
       interpret=interpret, name="decode_attention_qkv",
       **da._compiler_params(interpret, "write" if b <= da.WRITE_MAX_ROWS else "attend",
                             num_warps, num_stages),
-  )(end.astype(jnp.int32), rope_cs.astype(_F32), y3, b2, y3, b2, y3, b2, k3, v3)
+  )(end.astype(jnp.int32), rope_cs.astype(_F32), rotate_half_matrix(dh, k_cache.dtype), y3, b2, y3,
+    b2, y3, b2, k3, v3)
   out = (outs[0].reshape(b, 1, h, dh) if ns == 1
          else da._combine(outs, b, kh, ns, g, h, dh, k_cache.dtype))
   return out, k3.reshape(k_cache.shape), v3.reshape(v_cache.shape)
