@@ -78,8 +78,6 @@ flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-atte
 flags.DEFINE_bool("decode_shared_rows", True, "attn_impl=pallas, rows above the cache_write "
                   "limit: the append and attend kernels read the queries and new k/v from one "
                   "array (attention.SHARED_ROWS)")
-flags.DEFINE_bool("decode_qkv_kernel", False, "attn_impl=pallas: one kernel a layer from the q/k/v "
-                  "product (biases, RoPE, k/v append, attention; attention.QKV_KERNEL)")
 FLAGS = flags.FLAGS
 
 
@@ -207,7 +205,6 @@ def apply_decode_settings() -> None:
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
   decode_attention.set_tiling(FLAGS.decode_attn_tiling)
   attention.SHARED_ROWS = FLAGS.decode_shared_rows
-  attention.QKV_KERNEL = FLAGS.decode_qkv_kernel
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 

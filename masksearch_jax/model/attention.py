@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from masksearch_jax.model import cache_append, decode_attention, decode_qkv_attention
+from masksearch_jax.model import cache_append, decode_attention
 
 IMPLEMENTATIONS = ("xla", "jax", "cudnn", "pallas")
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -168,32 +168,6 @@ def append_attend_decode(q, k_new, v_new, k_cache, v_cache, end):
   out = decode_attention.decode_attend_rows(rows, kc, vc, end + 1, num_heads=q.shape[2],
                                             interpret=interpret)
   return out, kc, vc
-
-
-# Decode steps of the unrolled decode layout read the fused q/k/v product itself: the biases,
-# RoPE, the k/v append and the attention in one kernel (model/decode_qkv_attention.py), where two
-# XLA fusions and, above 8 rows, the append kernel ran before. Not yet measured on a GPU, so off
-# by default (benchmarks/sampler.py --decode_qkv_kernel).
-QKV_KERNEL = False
-
-
-def decode_from_qkv(impl: str, num_heads: int, dtype, k_cache) -> bool:
-  """Whether attend_decode_qkv runs for a one-token step: QKV_KERNEL, impl "pallas" where its
-  kernels run, a shape decode_qkv_attention takes, the product (`dtype`) in the cache's dtype, and
-  no context mesh that splits the batch or heads."""
-  b, _, kh, _ = k_cache.shape
-  return (QKV_KERNEL and _pallas_runs(impl) and jnp.dtype(dtype) == k_cache.dtype
-          and decode_qkv_attention.supported(num_heads, k_cache.shape)
-          and shard_specs(jax.sharding.get_abstract_mesh(), b, num_heads, kh) is None)
-
-
-def attend_decode_qkv(y, bias, rope_cs, k_cache, v_cache, end, *, num_heads: int):
-  """y [B, (H + 2K) * Dh] a one-token q/k/v product before its bias [(H + 2K) * Dh] and RoPE
-  (rope_cs [B, 2, Dh]: qwen2.rope_table): the rotated key and the value written into the caches
-  [B, S, K, Dh] at slot end [B] and the queries attended over slots <= end, in one kernel. Only
-  where decode_from_qkv holds. Returns (out [B, 1, H, Dh], k_cache, v_cache)."""
-  return decode_qkv_attention.decode_attend_qkv(y, bias, rope_cs, k_cache, v_cache, end,
-                                                num_heads=num_heads, interpret=_interpret())
 
 
 def append_decode(k_new, v_new, k_cache, v_cache, end):

@@ -111,26 +111,17 @@ def rms_norm(x, scale, eps):
   return scale.astype(x.dtype) * xf.astype(x.dtype)
 
 
-def rope_angles(positions, dh: int, theta):
-  """cos and sin [..., Dh/2] f32 of the rotary angles at positions [...] (HF's inv_freq)."""
-  inv = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))     # [Dh/2]
-  ang = positions.astype(jnp.float32)[..., None] * inv
-  return jnp.cos(ang), jnp.sin(ang)
-
-
-def rope_table(positions, dh: int, theta):
-  """[B, 2, Dh] f32: cos and sin at positions [B], full width as HF's tables ([c, c]): the decode
-  kernel's input (model/decode_qkv_attention.py), computed once a step for every layer."""
-  return jnp.stack([jnp.concatenate([a, a], -1) for a in rope_angles(positions, dh, theta)], 1)
-
-
 def rope(x, positions, theta):
   """Rotate-half RoPE (HF layout). x [B, T, N, Dh], positions [B, T]."""
   dh = x.shape[-1]
-  cos, sin = (a[:, :, None, :] for a in rope_angles(positions, dh, theta))    # [B, T, 1, Dh/2]
+  inv = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))     # [Dh/2]
+  ang = positions.astype(jnp.float32)[..., None] * inv                         # [B, T, Dh/2]
+  cos = jnp.cos(jnp.concatenate([ang, ang], -1))[:, :, None, :]
+  sin = jnp.sin(jnp.concatenate([ang, ang], -1))[:, :, None, :]
   xf = x.astype(jnp.float32)
   x1, x2 = xf[..., : dh // 2], xf[..., dh // 2:]
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+  rot = jnp.concatenate([-x2, x1], -1)
+  return (xf * cos + rot * sin).astype(x.dtype)
 
 
 def _attention_mask(segment_ids, cache_end, t, s):
@@ -296,15 +287,6 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
   """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
   c = lambda w: w.astype(dtype)
   fused = _fused_decode(cfg, h, lp, cache_kv)
-  if (cache_kv is not None and h.shape[1] == 1 and ("qkv" in lp or "qkv_sk" in lp)
-      and attention.decode_from_qkv(impl, cfg.num_heads, dtype, cache_kv[0])):
-    # bias, RoPE, append and attention in one kernel straight from the q/k/v product
-    x, scale = _normed(cfg, h, lp, "input_norm")
-    y = _dense(x, lp, "qkv", c, scale)[:, 0]                        # [B, (H + 2K) * Dh]
-    rope_cs = rope_table(positions[:, 0], cfg.dim_per_head, cfg.rope_theta)
-    a, kc, vc = attention.attend_decode_qkv(y, c(lp["qkv_bias"]), rope_cs, *cache_kv, cache_end,
-                                            num_heads=cfg.num_heads)
-    return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
   q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
   if (cache_kv is not None and q.shape[1] == 1

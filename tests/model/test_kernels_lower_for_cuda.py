@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import pytest
 
 from masksearch_jax.model import cache_append, decode_attention as da, decode_linear
-from masksearch_jax.model import decode_qkv_attention as dq
 from tests.cuda_lowering import triton_kernels
 
 B, S, H, K, DH, D = 64, 768, 12, 2, 128, 1536
@@ -28,15 +27,6 @@ def test_decode_attention_kernels_lower(b):
   assert triton_kernels(lambda *a: da.decode_attend_write(*a), q, kv, kv, cache, cache, n) == 1
   tiled = lambda q, k, v, n: da.decode_attend(q, k, v, n, block=128, num_warps=8, num_stages=4)
   assert triton_kernels(tiled, q, cache, cache, n) == 1
-
-
-@pytest.mark.parametrize("b,splits", [(2, None), (B, None), (B, 1)])
-def test_decode_qkv_attention_lowers(b, splits):
-  _, _, cache, n = _decode(b)
-  r = (H + 2 * K) * DH
-  fn = lambda *a: dq.decode_attend_qkv(*a, num_heads=H, splits=splits)
-  assert triton_kernels(fn, sd((b, r), bf16), sd((r,), bf16), sd((b, 2, DH), jnp.float32),
-                        cache, cache, n) == 1
 
 
 @pytest.mark.parametrize("cache_dtype", [bf16, jnp.float32])
