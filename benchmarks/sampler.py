@@ -78,9 +78,6 @@ flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-atte
 flags.DEFINE_bool("decode_shared_rows", True, "attn_impl=pallas, rows above the cache_write "
                   "limit: the append and attend kernels read the queries and new k/v from one "
                   "array (attention.SHARED_ROWS)")
-flags.DEFINE_bool("decode_add_norm", False, "one-token steps: the residual add after the o "
-                  "projection and the post-attention RMSNorm as one Pallas kernel "
-                  "(qwen2.DECODE_ADD_NORM; linear_impl xla)")
 FLAGS = flags.FLAGS
 
 
@@ -209,7 +206,6 @@ def apply_decode_settings() -> None:
   decode_attention.set_tiling(FLAGS.decode_attn_tiling)
   attention.SHARED_ROWS = FLAGS.decode_shared_rows
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
-  qwen2.DECODE_ADD_NORM = FLAGS.decode_add_norm
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 
 

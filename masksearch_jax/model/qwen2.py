@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from masksearch_jax.model import add_norm, attention, decode_linear
+from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum, split_k_einsum
 from masksearch_jax.model.config import Qwen2Config
 
@@ -39,12 +39,6 @@ LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 # no gain (splitting down too: -2.8%), so off by default (benchmarks/RESULTS.md).
 DECODE_SPLIT_K = 0
 DECODE_SPLIT_K_WEIGHTS = ("qkv", "o")
-
-# One-token steps: the residual add after the o projection and the post-attention RMSNorm as one
-# Pallas kernel (model/add_norm.py) instead of XLA's two (84 + 45 us of a 2.06 ms 1.5B step at
-# batch 64 on an H200). Read when a step is traced; not yet measured, so off by default
-# (benchmarks/sampler.py --decode_add_norm). Unfolded norms only (decode_layout "xla").
-DECODE_ADD_NORM = False
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -282,27 +276,11 @@ def _out_mlp(cfg, h, a, lp, c, fused):
     u = lin(hb, lp["gate_up_t"], mode="swiglu", norm_scale=lp["post_norm"], eps=cfg.rms_norm_eps)
     return lin(u, lp["down_t"], residual=hb)[:, None]
   if "o_t" in lp or "o_sk" in lp:
-    o = _dense(a.reshape(b, t, -1), lp, "o", c)
+    h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
-    o = rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  if _add_norm_kernel(h, o, lp):
-    h, x = add_norm.add_rms_norm(h[:, 0], o[:, 0], lp["post_norm"], eps=cfg.rms_norm_eps,
-                                 interpret=jax.default_backend() == "cpu")
-    h, x, scale = h[:, None], x[:, None], None
-  else:
-    h = h + o
-    x, scale = _normed(cfg, h, lp, "post_norm")
+    h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
+  x, scale = _normed(cfg, h, lp, "post_norm")
   return h + _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
-
-
-def _add_norm_kernel(h, o, lp) -> bool:
-  """Whether the post-attention add + RMSNorm runs as add_norm's kernel: DECODE_ADD_NORM, one
-  token a row, an unfolded norm, one dtype, a supported width, a GPU (CPU: interpret mode) and
-  no context mesh that splits the rows (the kernel is not partitioned)."""
-  b, t, d = h.shape
-  return (DECODE_ADD_NORM and t == 1 and "post_norm" in lp and o.dtype == h.dtype
-          and add_norm.supported(d) and decode_linear.available()
-          and attention.shard_specs(jax.sharding.get_abstract_mesh(), b, 1, 1) is None)
 
 
 def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_only, dtype):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from masksearch_jax.model import add_norm, cache_append, decode_attention as da, decode_linear
+from masksearch_jax.model import cache_append, decode_attention as da, decode_linear
 from tests.cuda_lowering import triton_kernels
 
 B, S, H, K, DH, D = 64, 768, 12, 2, 128, 1536
@@ -53,9 +53,3 @@ def test_decode_linear_kernels_lower(m):
   rope = lambda x, w, p: decode_linear.linear(x, w, mode="rope", head_dim=DH, rotary_heads=H + K,
                                               positions=p, interpret=False)
   assert triton_kernels(rope, x, sd(((H + 2 * K) * DH, D), bf16), sd((m,), i32)) == 1
-
-
-@pytest.mark.parametrize("m", [2, 64])
-def test_add_norm_lowers(m):
-  fn = lambda h, d, w: add_norm.add_rms_norm(h, d, w, eps=1e-6)
-  assert triton_kernels(fn, sd((m, D), bf16), sd((m, D), bf16), sd((D,), bf16)) == 1
