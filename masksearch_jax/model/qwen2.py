@@ -289,15 +289,14 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
   fused = _fused_decode(cfg, h, lp, cache_kv)
   q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
-  if (cache_kv is not None and q.shape[1] == 1
-      and attention.decode_writes_cache(impl, q, cache_kv[0])):     # append + attend: one kernel
-    a, kc, vc = attention.attend_decode_write(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv,
-                                              cache_end)
-    return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
-  if (cache_kv is not None and q.shape[1] == 1
-      and attention.decode_shares_rows(impl, q, cache_kv[0])):      # append, attend: one array
-    a, kc, vc = attention.append_attend_decode(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv,
-                                               cache_end)
+  append_attend = None                       # the kernels that append k/v and attend, if any
+  if cache_kv is not None and q.shape[1] == 1:
+    if attention.decode_writes_cache(impl, q, cache_kv[0]):         # append + attend: one kernel
+      append_attend = attention.attend_decode_write
+    elif attention.decode_shares_rows(impl, q, cache_kv[0]):        # append, attend: one array
+      append_attend = attention.append_attend_decode
+  if append_attend is not None:
+    a, kc, vc = append_attend(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv, cache_end)
     return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
   if cache_kv is not None:
     kc, vc = cache_kv
