@@ -43,9 +43,6 @@ flags.DEFINE_list("layouts", ["io"], "weight layouts: io ([in, out], the decode 
                   "oi ([out, in], transposed)")
 flags.DEFINE_string("config", "", "force one Triton tiling on every product: 'nN kK sS stT wW' "
                     "(block_m follows the rows: 16 up to 16 rows, else 64); empty: XLA's own")
-flags.DEFINE_list("mgpu", [], "also time model/decode_gemv.py's bulk-copy kernel (weights [out, in]) "
-                  "under these configs, each '[product:]tn/kslab/stages' (kslab 0: the whole input; "
-                  "without a product: every product whose shape it divides)")
 flags.DEFINE_integer("l2_mb", 50, "L2 size (MB): copies of each weight fill 4x this")
 flags.DEFINE_integer("loop_trips", 10, "trips of the on-device loop per timed call")
 flags.DEFINE_integer("repeats", 3, "timed repeats (best reported)")
@@ -96,18 +93,17 @@ def main(argv):
   key = (jax.random.fold_in(jax.random.PRNGKey(0), i) for i in range(10**6))
   trips = FLAGS.loop_trips
 
-  def timed(x, ws, layout, options, tag, product=None):
+  def timed(x, ws, layout, options, tag):
     """Seconds per product: `trips` loop trips over all weights in order, best of `repeats`.
     The products are chained (each waits for the previous one, as layers do) by an
     optimization barrier, which adds no kernel."""
     spec = "mk,kn->mn" if layout == "io" else "mk,nk->mn"
-    product = product or (lambda xs, w: jnp.einsum(spec, xs, w))
 
     def run(x, ws):
       def body(_, x):
         xs, ys = x, []
         for w in ws:
-          y = product(xs, w)
+          y = jnp.einsum(spec, xs, w)
           y, xs = jax.lax.optimization_barrier((y, xs))
           ys.append(y[:, :1])
         return x + sum(ys).astype(x.dtype) * 0           # one small kernel a trip keeps them
@@ -149,29 +145,6 @@ def main(argv):
           continue
         print(f"{name:>8} {m:>4} {layout:>3} {mb:>6.1f} {asked:>22} {t * 1e6:>8.2f} "
               f"{mb / 1e3 / t:>6.0f} {th * 1e6:>7.2f}  {used}", flush=True)
-        del ws
-      for conf in FLAGS.mgpu:
-        from masksearch_jax.model import decode_gemv
-        only, _, conf = conf.rpartition(":")
-        tn, ks, st = map(int, conf.split("/"))
-        cfg = decode_gemv.GemvConfig(tn=tn, kslab=ks or k, stages=st)
-        if (only and only != name) or n % tn or k % cfg.kslab:
-          continue
-        ws = [jax.random.normal(next(key), (n, k), jnp.bfloat16) for _ in range(copies)]
-        x = jax.random.normal(next(key), (m, k), jnp.bfloat16)
-        try:
-          ref = decode_gemv.gemv_reference(x, ws[0], jnp.float32)
-          err = float(jnp.max(jnp.abs(decode_gemv.gemv(x, ws[0], cfg).astype(jnp.float32) - ref))
-                      / jnp.max(jnp.abs(ref)))
-          prod = lambda xs, w, cfg=cfg: decode_gemv.gemv(xs, w, cfg)
-          t, used = timed(x, ws, "oi", {}, f"{name}_{m}_mgpu{tn}_{ks}_{st}", prod)
-          th, _ = timed(x, [ws[0]] * copies, "oi", {}, f"{name}_{m}_mgpu_hot", prod)
-        except Exception as e:
-          print(f"{name:>8} {m:>4}  oi {mb:>6.1f} {'mgpu ' + conf:>22}  failed: "
-                f"{type(e).__name__}: {str(e)[:300]}", flush=True)
-          continue
-        print(f"{name:>8} {m:>4}  oi {mb:>6.1f} {'mgpu ' + conf:>22} {t * 1e6:>8.2f} "
-              f"{mb / 1e3 / t:>6.0f} {th * 1e6:>7.2f}  rel err {err:.2g}", flush=True)
         del ws
 
 

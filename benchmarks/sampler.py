@@ -78,9 +78,6 @@ flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-atte
 flags.DEFINE_bool("decode_shared_rows", True, "attn_impl=pallas, rows above the cache_write "
                   "limit: the append and attend kernels read the queries and new k/v from one "
                   "array (attention.SHARED_ROWS)")
-flags.DEFINE_list("decode_prefetch", [], "GPU one-token steps: 'weight:rows' pairs, e.g. "
-                  "gate_up:512 — prefetch those leading rows of each layer's [in, out] weight "
-                  "into L2 at the layer's start (qwen2.DECODE_PREFETCH, model/l2_prefetch.py)")
 FLAGS = flags.FLAGS
 
 
@@ -210,7 +207,6 @@ def apply_decode_settings() -> None:
   attention.SHARED_ROWS = FLAGS.decode_shared_rows
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
-  qwen2.DECODE_PREFETCH = {w: int(r) for w, r in (p.split(":") for p in FLAGS.decode_prefetch)}
 
 
 def main(argv):

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from masksearch_jax.model import attention, decode_linear, l2_prefetch
+from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum, split_k_einsum
 from masksearch_jax.model.config import Qwen2Config
 
@@ -39,9 +39,6 @@ LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 # no gain (splitting down too: -2.8%), so off by default (benchmarks/RESULTS.md).
 DECODE_SPLIT_K = 0
 DECODE_SPLIT_K_WEIGHTS = ("qkv", "o")
-# One-token decode steps on GPUs: at each layer's start, prefetch this many leading rows of the
-# named [in, out] weights into L2 (model/l2_prefetch.py), e.g. {"gate_up": 512}. Empty: off.
-DECODE_PREFETCH: dict = {}
 
 # Fused-attention forward primitives (JAX's cuDNN flash attention) whose outputs "dots_attn"
 # saves: the attention output and its softmax statistics are the backward kernel's residuals, so
@@ -270,22 +267,8 @@ def _qkv(cfg, h, lp, positions, c, fused):
   return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
 
-def _prefetch(h, lp):
-  """DECODE_PREFETCH's L2 prefetches for this layer, issued once h exists: a float32 zero that
-  the residual add after o consumes (so they run before the MLP and are not dead code)."""
-  if not DECODE_PREFETCH or h.shape[1] != 1 or not l2_prefetch.available():
-    return None
-  zero = None
-  for name, rows in DECODE_PREFETCH.items():
-    if name in lp and lp[name].ndim == 2:
-      z = l2_prefetch.prefetch_rows(lp[name], rows, h)
-      zero = z if zero is None else zero + z
-  return zero
-
-
-def _out_mlp(cfg, h, a, lp, c, fused, zero=None):
-  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP).
-  zero: _prefetch's dependency token, added into the residual."""
+def _out_mlp(cfg, h, a, lp, c, fused):
+  """Attention output a [B, T, H, Dh] -> the block's output h [B, T, D] (o, residual, MLP)."""
   b, t = a.shape[:2]
   if fused:
     lin = decode_linear.linear
@@ -296,8 +279,6 @@ def _out_mlp(cfg, h, a, lp, c, fused, zero=None):
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  if zero is not None:
-    h = h + zero.astype(h.dtype)
   x, scale = _normed(cfg, h, lp, "post_norm")
   return h + _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
 
@@ -306,7 +287,6 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
   """One decoder block. h [B, T, D]. Returns (h, (k_cache, v_cache) or None)."""
   c = lambda w: w.astype(dtype)
   fused = _fused_decode(cfg, h, lp, cache_kv)
-  zero = None if fused or cache_kv is None else _prefetch(h, lp)
   q, k, v = _qkv(cfg, h, lp, positions, c, fused)
   new_kv = None
   append_attend = None                       # the kernels that append k/v and attend, if any
@@ -317,7 +297,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
       append_attend = attention.append_attend_decode
   if append_attend is not None:
     a, kc, vc = append_attend(q, k.astype(q.dtype), v.astype(q.dtype), *cache_kv, cache_end)
-    return _out_mlp(cfg, h, a, lp, c, fused, zero), (kc, vc)
+    return _out_mlp(cfg, h, a, lp, c, fused), (kc, vc)
   if cache_kv is not None:
     kc, vc = cache_kv
     b, t = k.shape[:2]
@@ -334,7 +314,7 @@ def _layer(cfg, h, lp, positions, mask, cache_kv, cache_end, *, impl, causal_onl
     a = attention.attend_decode(q, k, v, cache_end + 1, mask, impl=impl)
   else:
     a = attention.attend(q, k, v, mask, impl=impl, causal_only=causal_only)  # [B, T, H, Dh]
-  return _out_mlp(cfg, h, a, lp, c, fused, zero), new_kv
+  return _out_mlp(cfg, h, a, lp, c, fused), new_kv
 
 
 def _unstacked_layers(params: Params, num_layers: int) -> list:
