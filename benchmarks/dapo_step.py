@@ -56,7 +56,7 @@ class DapoBench:
   steps: int = 2
   chunk_steps: int = 64
   attn_impl: str = "cudnn"
-  sampler_attn_impl: str = ""          # RLConfig.sampler_attn_impl ("" = attn_impl)
+  sampler_attn_impl: str = ""          # RLConfig.sampler_attn_impl ("": rl.sampler_attention)
   scan_layers: bool = True
   remat: str = "dots_no_batch"
   loss_impl: str = "chunked"
@@ -170,7 +170,7 @@ def _bench(name, b, cfg, mcfg, run, n_dev) -> dict[str, Any]:
   sampler = sampler_lib.Sampler(
       mcfg, tok, base.scfg, base.rcfg, retriever=retriever, protocol=cfg.reward.protocol,
       compute_dtype=dt, cache_dtype=dt,
-      attn_impl=cfg.sampler_attn_impl or cfg.attn_impl, scan_layers=cfg.sampler_scan_layers,
+      attn_impl=rl.sampler_attention(cfg), scan_layers=cfg.sampler_scan_layers,
       logits_hook=_hook(script), mesh=run.mesh)
   rec = _Recording(sampler)
   gen = collect.Generator(rec, tok, cfg)

@@ -147,12 +147,16 @@ def test_validate_names_fields():
 
 
 def test_rollout_attention_has_its_own_field():
-  """The trainer may use cuDNN while rollouts use the one-kernel Pallas decode, or follow it."""
+  """Rollouts follow the trainer's attention unless told otherwise — except that a cuDNN trainer
+  samples with "pallas" (cuDNN chunks + the Pallas decode kernel, measured faster on a GPU)."""
   from benchmarks.common import SyntheticTokenizer
   mcfg = model_config.get_config("tiny")
   tok = SyntheticTokenizer(mcfg.vocab_size)
-  for field, want in (("", "cudnn"), ("pallas", "pallas")):
-    cfg = _cfg(attn_impl="cudnn", sampler_attn_impl=field)
+  for attn, field, want in (("cudnn", "", "pallas"), ("cudnn", "cudnn", "cudnn"),
+                            ("cudnn", "pallas", "pallas"), ("xla", "", "xla"),
+                            ("jax", "", "jax"), ("xla", "pallas", "pallas")):
+    cfg = _cfg(attn_impl=attn, sampler_attn_impl=field)
+    assert rl.sampler_attention(cfg) == want
     rl.validate(cfg, 1)
     s = rl.make_sampler(mcfg, tok, cfg, types.SimpleNamespace(search=lambda q, k: []), None)
     assert s.engine.attn_impl == want
