@@ -96,8 +96,9 @@ _LATENCY = flags.DEFINE_float("retriever_latency_ms", 0.0, "DAPO: retriever stub
 _MINI = flags.DEFINE_integer("mini_batches", 1, "DAPO: optimizer updates per step.")
 _MICRO_RL = flags.DEFINE_integer("micro_batches_rl", 4, "DAPO: micro-batches per update.")
 _CHUNK = flags.DEFINE_integer("chunk_steps", 64, "DAPO: decode steps per host check.")
-_SAMPLER_ATTN = flags.DEFINE_string("sampler_attn_impl", "", "DAPO sampler attention "
-                                    "(empty: rl.sampler_attention's choice: pallas after cudnn, else --attn_impl).")
+_SAMPLER_ATTN = flags.DEFINE_string("sampler_attn_impl", "", "DAPO sampler attention (empty: "
+                                    "rl.sampler_attention's choice: pallas after cudnn, else "
+                                    "--attn_impl).")
 _DAPO_STEPS = flags.DEFINE_integer("dapo_steps", 2, "DAPO: timed steps after one warm-up step.")
 
 
