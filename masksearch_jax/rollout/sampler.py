@@ -157,6 +157,8 @@ class Sampler:
           rewind[i] = turn_start[i] + d.cut
         if d.action == "finish":
           finish[i], active[i] = d.reason, False
+        elif d.action != "continue" and rewind[i] >= limit[i]:   # a call at the limit: no room
+          finish[i], active[i] = T.LENGTH, False
         elif d.action == "search":
           search_rows.append(i)
           queries[i].append(d.query)

@@ -20,7 +20,10 @@ No stop string, device saw EOS / hit the length limit -> EOS / LENGTH, but MALFO
 has an unclosed `<search>`. Text is decoded with invalid UTF-8 replaced by U+FFFD (never raises);
 a query with replacement characters is sent as it is.
 A retriever exception, timeout or malformed result gives every query of that round an error
-observation (`format_error_observation`), counted in `num_tool_errors`; the rollout goes on.
+observation (`format_error_observation`), counted in `num_tool_errors`; the rollout goes on (at
+most one call per retriever is in flight: `call_retriever`).
+A search call or empty query that closes exactly at the row's length limit leaves no room for an
+observation: the row finishes LENGTH and the retriever is not called for it.
 """
 from __future__ import annotations
 
@@ -158,9 +161,28 @@ def decide(tokenizer, turn_ids: Sequence[int], device_reason: str | None, turns_
   return Decision("search", query=query, cut=cut)
 
 
+# id(retriever) -> the worker of its last call. A timed-out worker cannot be killed and may still
+# be inside retriever.search; at most one call per retriever is in flight (see call_retriever).
+_WORKERS: dict[int, threading.Thread] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
 def call_retriever(retriever, queries: list[str], k: int,
                    timeout_s: float) -> tuple[list[list[Any]] | None, str | None]:
-  """One batched search in a worker thread. Returns (hits per query, None) or (None, error)."""
+  """One batched search in a worker thread. Returns (hits per query, None) or (None, error).
+
+  A call that times out leaves its worker running. The next call to the same retriever first
+  waits up to `timeout_s` for it; if it is still running, that round gets a "busy" error at once
+  instead of a second, concurrent search: threads never pile up behind a stuck retriever, and a
+  retriever that is not thread-safe is never entered twice."""
+  with _WORKERS_LOCK:
+    prev = _WORKERS.get(id(retriever))
+  if prev is not None and prev.is_alive():
+    prev.join(timeout_s)
+    if prev.is_alive():
+      logging.warning("retriever still busy with a timed-out call; %d queries not sent",
+                      len(queries))
+      return None, "retriever busy with an earlier timed-out call"
   box: dict[str, Any] = {}
 
   def work():
@@ -170,9 +192,12 @@ def call_retriever(retriever, queries: list[str], k: int,
       box["err"] = f"{type(e).__name__}: {e}"
 
   th = threading.Thread(target=work, daemon=True, name="rollout-retriever")
+  with _WORKERS_LOCK:
+    _WORKERS[id(retriever)] = th
   th.start()
   th.join(timeout_s)
   if th.is_alive():
+    logging.warning("retriever timed out after %gs (%d queries)", timeout_s, len(queries))
     return None, f"retriever timed out after {timeout_s:g}s"
   if "err" in box:
     return None, box["err"][:200]

@@ -327,3 +327,29 @@ def test_retriever_error_and_timeout_are_observations(model, scripted):
     for i in (0, 1, 6):
       assert msg in out.texts[i]
 
+
+def test_search_call_at_the_length_limit_ends_without_a_search(model, tok):
+  """A call that closes exactly at the row's limit leaves no room for an observation: the row
+  ends LENGTH, the retriever is not asked, no search is counted; a row with room still
+  searches (its observation truncated to the limit)."""
+  cfg, params = model
+  long_call, short_call = "<search> capital of france </search>", "<search> a </search>"
+  n = len(_ids(tok, long_call))
+  assert len(_ids(tok, short_call)) < n
+  script = _script_ids(tok, [[long_call], [short_call, "<answer> x </answer>"]], 64)
+  rcfg = T.RolloutConfig(max_len=64, max_new_tokens=n, prompt_buckets=(8,), chunk_steps=8,
+                         eos_ids=(fx.tid(fx.EOS),), max_turns=2, max_tool_tokens=64, top_k_docs=2)
+  ret = fx.FakeRetriever()
+  s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, retriever=ret,
+                          logits_hook=fx.script_hook(script), scan_layers=False, **F32)
+  prompts = ["who wrote the book", "the capital"]
+  out = s.generate(params, prompts)
+  assert out.finish_reason == [T.LENGTH, T.LENGTH]
+  assert ret.calls == [["a"]]
+  assert out.queries == [[], ["a"]]
+  np.testing.assert_array_equal(out.num_searches, [0, 1])
+  np.testing.assert_array_equal(out.num_tool_errors, [0, 0])
+  for i, p in enumerate(prompts):
+    assert out.lengths[i] == len(_ids(tok, p)) + n              # nothing past the limit
+  assert out.texts[0] == long_call
+  assert out.texts[1].startswith(short_call + "\n\n<information>")

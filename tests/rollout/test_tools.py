@@ -79,6 +79,37 @@ def test_call_retriever_failures_are_values():
   assert err is None and [len(h) for h in hits] == [2, 2] and hits[1][0].id == "b-0"
 
 
+def test_a_stuck_retriever_gets_one_call_in_flight():
+  """After a timeout the worker keeps running; later calls wait for it up to the timeout, then
+  answer 'busy' at once — no second concurrent search, no pile of threads — and resume once it
+  returns."""
+  import threading
+  release = threading.Event()
+
+  class Stuck:
+    def __init__(self):
+      self.entered = 0
+
+    def search(self, queries, k):
+      self.entered += 1
+      release.wait(5.0)
+      return [[] for _ in queries]
+
+  r = Stuck()
+  hits, err = tools.call_retriever(r, ["a"], 1, 0.05)
+  assert hits is None and "timed out after 0.05s" in err
+  before = threading.active_count()
+  for _ in range(3):
+    hits, err = tools.call_retriever(r, ["b"], 1, 0.05)
+    assert hits is None and "busy" in err
+  assert r.entered == 1 and threading.active_count() == before
+  release.set()
+  hits, err = tools.call_retriever(r, ["c", "d"], 1, 2.0)     # waits for the old worker, then runs
+  assert err is None and hits == [[], []] and r.entered == 2
+  other = fx.FakeRetriever()                                  # other retrievers are not affected
+  assert tools.call_retriever(other, ["e"], 1, 1.0)[1] is None
+
+
 def test_safe_decode_never_raises():
   tok = fx.tokenizer()
   assert tools.safe_decode(tok, [197]) == "\ufffd"               # lone 0xff byte
