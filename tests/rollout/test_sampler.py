@@ -353,3 +353,40 @@ def test_search_call_at_the_length_limit_ends_without_a_search(model, tok):
     assert out.lengths[i] == len(_ids(tok, p)) + n              # nothing past the limit
   assert out.texts[0] == long_call
   assert out.texts[1].startswith(short_call + "\n\n<information>")
+
+
+def test_multi_turn_rollout_is_the_same_sharded(model, tok):
+  """Searches, splices and per-row pauses over data=2 x tensor=4 give the unsharded rollout:
+  tokens, loss mask, log-probs, queries and finish reasons (the RL path on several devices)."""
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 forced CPU devices of tests/conftest.py")
+  cfg, params = model
+  mesh, sharded = _mesh_and_params(params)
+  rows = [["<search> capital of france </search>", 6, "<answer> paris </answer>"],
+          [4, "<search> the river </search>", "<answer> rome </answer>"],
+          ["<answer> x </answer>"],
+          [5, "<search> a </search>", 3, "<search> b </search>", 2, "<answer> y </answer>"]]
+  script = _script(tok, rows, 96)
+  rcfg = T.RolloutConfig(max_len=128, max_new_tokens=96, prompt_buckets=(16,), chunk_steps=6,
+                         eos_ids=(fx.tid(fx.EOS),), max_turns=2, max_tool_tokens=24, top_k_docs=2)
+  prompts = ["who wrote the book", "the capital", "alpha", "the old town river"]
+  outs, calls = [], []
+  for m, p in ((None, params), (mesh, sharded)):
+    ret = fx.FakeRetriever()
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, retriever=ret,
+                            logits_hook=fx.script_hook(script), mesh=m, scan_layers=False, **F32)
+    outs.append(s.generate(p, prompts))
+    calls.append(ret.calls)
+  a, b = outs
+  assert a.finish_reason == b.finish_reason == [T.ANSWER] * 4
+  assert a.queries == b.queries == [["capital of france"], ["the river"], [], ["a", "b"]]
+  assert calls[0] == calls[1] and len(calls[0]) >= 2               # rows paused in rounds
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+  np.testing.assert_array_equal(a.num_searches, [1, 1, 0, 2])
+  slot = np.arange(a.tokens.shape[1])
+  for i, p in enumerate(prompts):                  # spliced observation tokens carry mask 0
+    after_prompt = (slot >= len(_ids(tok, p))) & (slot < a.lengths[i])
+    assert ((a.loss_mask[i] == 0) & after_prompt).any() == (i != 2)
