@@ -40,6 +40,17 @@ def test_decide_rules(text, device_reason, turns, action, reason, query):
   assert (d.action, d.reason, d.query) == (action, reason, query)
 
 
+def test_query_with_invalid_utf8_is_sent_with_replacement_characters():
+  """The documented rule: text decodes with U+FFFD for invalid bytes, and the query goes out as it
+  is (a byte-level token 0xff inside the query neither crashes nor ends the rollout)."""
+  tok = fx.tokenizer()
+  enc = lambda t: tok.encode(t, add_special_tokens=False)
+  ids = enc("<search> old") + [197] + enc(" town </search>")           # 197: the byte 0xff
+  d = tools.decide(tok, ids, "ids", 0, RC, proto.DEFAULT)
+  assert d.action == "search" and "\ufffd" in d.query
+  assert d.query.replace("\ufffd", "").split() == ["old", "town"]
+
+
 def test_cut_is_shortest_prefix_containing_the_stop():
   tok = fx.tokenizer()
   ids = tok.encode("<search> q </search> the old town", add_special_tokens=False)
