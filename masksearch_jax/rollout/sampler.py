@@ -10,7 +10,7 @@ Host loop (the device work is engine.py, the protocol rules are tools.py):
     all search queries of this round -> ONE retriever call -> observations, tokenised with the
       per-turn budget (never past the row's limit) -> one jitted splice for all those rows
 Compiled programs: prefill per prompt bucket, one decode, splice per tool bucket, one update; so
-a fixed config stops compiling after warm-up.
+a fixed config stops compiling after warm-up (`Sampler.warmup` compiles them all up front).
 """
 from __future__ import annotations
 
@@ -117,6 +117,37 @@ class Sampler:
     return state, lens
 
   # ---- the loop ------------------------------------------------------------------------------
+  def warmup(self, params, batch: int) -> int:
+    """Runs every program a `batch`-prompt rollout can need once on dummy inputs — prefill for
+    each prompt bucket, decode, update and a splice of each tool width — so that no later
+    generate() of that batch size compiles (an RL step or a benchmark then never stalls on a
+    longer prompt or passage). Returns the number of programs run."""
+    dead = 1 if self.pad_single_row and batch == 1 else 0
+    b = batch + dead
+    if b % sharding.data_size(self.mesh, self.data_axis):
+      raise ValueError(f"batch {b} does not divide over data axis of {self.mesh.shape}")
+    r = self.rcfg
+    widths = sorted({r.prompt_bucket(n) for n in (*r.prompt_buckets, r.max_len - 1) if n < r.max_len})
+    lens = np.ones(b, np.int32)
+    keys = np.asarray(sampling.row_keys(0, batch))
+    keys = np.concatenate([keys, keys[:dead]])
+    state, n = None, 0
+    for w in widths:
+      state = self.engine.prefill(params, self._put(np.full((b, w), r.pad_id, np.int32)),
+                                  self._put(lens), self._put(lens + 1), self._put(keys))
+      n += 1
+    state = self.engine.decode(params, state)
+    state = self.engine.update(state, self._put(lens), self._put(np.zeros(b, bool)))
+    n += 2
+    if r.use_tools:
+      for w in r.tool_buckets():
+        state = self.engine.splice(params, state, self._put(np.full((b, w), r.pad_id, np.int32)),
+                                   self._put(np.zeros(b, np.int32)), self._put(lens),
+                                   self._put(np.zeros(b, bool)))
+        n += 1
+    jax.block_until_ready(state["length"])
+    return n
+
   def generate(self, params, prompts: Sequence[str] | Sequence[Sequence[int]],
                seed: int | jax.Array = 0) -> T.Rollout:
     t0 = time.perf_counter()

@@ -390,3 +390,32 @@ def test_multi_turn_rollout_is_the_same_sharded(model, tok):
   for i, p in enumerate(prompts):                  # spliced observation tokens carry mask 0
     after_prompt = (slot >= len(_ids(tok, p))) & (slot < a.lengths[i])
     assert ((a.loss_mask[i] == 0) & after_prompt).any() == (i != 2)
+
+
+def test_warmup_compiles_every_shape_up_front(model, tok):
+  """After warmup(batch) no generate() of that batch compiles, whatever the prompt bucket and the
+  splice width; without it the same calls compile (so the check can fail)."""
+  cfg, params = model
+  rows = [["<search> capital of france </search>", "<answer> paris </answer>"],
+          ["<answer> x </answer>"]]
+  script = _script(tok, rows, 64)
+  rcfg = T.RolloutConfig(max_len=96, max_new_tokens=24, prompt_buckets=(8, 16), chunk_steps=6,
+                         eos_ids=(fx.tid(fx.EOS),), max_turns=1, max_tool_tokens=40, top_k_docs=2)
+
+  def make():
+    return sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg,
+                               retriever=fx.FakeRetriever(), logits_hook=fx.script_hook(script),
+                               scan_layers=False, **F32)
+
+  short, long_ = ["who wrote", "alpha"], [" ".join(["the old town river"] * 5), "alpha"]
+  assert rcfg.prompt_bucket(len(_ids(tok, long_[0]))) == 96 > rcfg.prompt_bucket(2)
+  warm = make()
+  assert warm.warmup(params, 2) == 3 + 2 + len(rcfg.tool_buckets())   # buckets 8, 16, 96
+  cold = make()
+  for prompts in (short, long_):
+    with _CompileCounter() as cc:
+      out = warm.generate(params, prompts)
+    assert cc.n == 0 and out.num_searches[0] == 1 and out.finish_reason[1] == T.ANSWER
+    with _CompileCounter() as cc:
+      cold.generate(params, prompts)
+    assert cc.n > 0
