@@ -53,6 +53,10 @@ flags.DEFINE_integer("mt_turns", 3, "searches per row in the multi-turn case")
 flags.DEFINE_integer("mt_period", 96, "policy tokens per turn (search call closes at its end)")
 flags.DEFINE_integer("mt_obs_tokens", 128, "observation tokens per turn (max_tool_tokens)")
 flags.DEFINE_float("retriever_latency_ms", 50.0, "fixed latency of the retriever stub")
+flags.DEFINE_integer("mt_stagger", 1, "multi-turn: rows search at this many different offsets "
+                     "within a turn (1: all rows at once, as in a lock-step batch)")
+flags.DEFINE_list("overlap_retrieval", ["false"], "multi-turn: RolloutConfig.overlap_retrieval "
+                  "settings to run (true, false): search while the other rows decode")
 flags.DEFINE_list("steps_per_check", ["1"], "decode steps per on-device stop test "
                   "(RolloutConfig.steps_per_check); several values give one column each")
 flags.DEFINE_integer("chunk_steps", 64, "decode steps per host check in end-to-end runs")
@@ -164,35 +168,48 @@ def bench_multi_turn(cfg, params, scan, dtype):
   b, turns, period = FLAGS.mt_batch, FLAGS.mt_turns, FLAGS.mt_period
   tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
   ids = tok.tag_id
-  width = (turns + 1) * period
+  stagger = max(1, FLAGS.mt_stagger)
+  width = (turns + 1) * period + period
   # Each turn: free tokens, then a forced `<search> q q q </search>`; finally a forced answer.
+  # Row i's calls come (i % stagger) * period / stagger tokens later than row 0's.
   script = np.full((b, width), -1, np.int64)
-  for t in range(turns):
-    end = (t + 1) * period
-    script[:, end - 5:end] = [ids[DEFAULT.search_open], 100 + t, 200 + t, 300 + t,
-                              ids[DEFAULT.search_close]]
-  script[:, width - 3:] = [ids[DEFAULT.answer_open], 400, ids[DEFAULT.answer_close]]
+  for i in range(b):
+    off = (i % stagger) * period // stagger
+    for t in range(turns):
+      end = (t + 1) * period + off
+      script[i, end - 5:end] = [ids[DEFAULT.search_open], 100 + t, 200 + t, 300 + t,
+                                ids[DEFAULT.search_close]]
+    end = (turns + 1) * period + off
+    script[i, end - 3:end] = [ids[DEFAULT.answer_open], 400, ids[DEFAULT.answer_close]]
   forced = hooks.forced_tokens(script)
 
   def hook(logits, tokens, mask, length):        # free tokens never write a tag (ids 1..8)
     return forced(logits.at[:, 1:len(ids) + 1].set(-1e9), tokens, mask, length)
   ret = StubRetriever(FLAGS.retriever_latency_ms / 1e3)
   max_len = FLAGS.prompt_len + width + turns * (FLAGS.mt_obs_tokens + 8)
-  rcfg = T.RolloutConfig(max_len=max_len, prompt_buckets=(FLAGS.prompt_len,),
-                         chunk_steps=FLAGS.chunk_steps, max_turns=turns,
-                         max_tool_tokens=FLAGS.mt_obs_tokens, top_k_docs=3,
-                         pause_exit_fraction=FLAGS.pause_exit_fraction)
-  s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, retriever=ret,
-                          compute_dtype=dtype, cache_dtype=dtype, attn_impl=FLAGS.attn_impl,
-                          scan_layers=scan, logits_hook=hook)
   rng = np.random.default_rng(1)
   prompts = [list(rng.integers(16, cfg.vocab_size, FLAGS.prompt_len)) for _ in range(b)]
-  s.generate(params, prompts)                                  # warm-up
-  out = s.generate(params, prompts)
-  st = dict(out.stats)
-  st.update(batch=b, turns=turns, retriever_calls_per_rollout=st["rounds"],
-            finish=sorted(set(out.finish_reason)), policy_tok_s=int(out.loss_mask.sum()) / st["total_s"])
-  return st
+  out_rows, first = [], None
+  for overlap in FLAGS.overlap_retrieval:
+    rcfg = T.RolloutConfig(max_len=max_len, prompt_buckets=(FLAGS.prompt_len,),
+                           chunk_steps=FLAGS.chunk_steps, max_turns=turns,
+                           max_tool_tokens=FLAGS.mt_obs_tokens, top_k_docs=3,
+                           pause_exit_fraction=FLAGS.pause_exit_fraction,
+                           overlap_retrieval=overlap.lower() == "true")
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, retriever=ret,
+                            compute_dtype=dtype, cache_dtype=dtype, attn_impl=FLAGS.attn_impl,
+                            scan_layers=scan, logits_hook=hook)
+    s.generate(params, prompts)                                  # warm-up
+    out = s.generate(params, prompts)
+    if first is None:
+      first = out
+    st = dict(out.stats)
+    st.update(batch=b, turns=turns, stagger=stagger, overlap=rcfg.overlap_retrieval,
+              retriever_calls_per_rollout=st["rounds"], finish=sorted(set(out.finish_reason)),
+              same_tokens_as_first=bool(np.array_equal(out.tokens, first.tokens)),
+              policy_tok_s=int(out.loss_mask.sum()) / st["total_s"])
+    out_rows.append(st)
+  return out_rows
 
 
 def apply_decode_settings() -> None:
@@ -272,10 +289,10 @@ def main(argv):
       print(json.dumps(row), flush=True)
     if FLAGS.multi_turn:
       for scan in scans[:1]:
-        mt = bench_multi_turn(cfg, params, scan, dtype)
-        mt.update(model=name, scan_layers=scan)
-        results.setdefault("multi_turn", []).append(mt)
-        print(json.dumps(mt), flush=True)
+        for mt in bench_multi_turn(cfg, params, scan, dtype):
+          mt.update(model=name, scan_layers=scan)
+          results.setdefault("multi_turn", []).append(mt)
+          print(json.dumps(mt), flush=True)
     del params
   _print_table(results)
   if FLAGS.json_out:
@@ -305,6 +322,7 @@ def _print_table(res):
         print(f"{'':>15}{k}: {r[k]}")
   for mt in res.get("multi_turn", []):
     print(f"multi-turn {mt['model']}: batch {mt['batch']}, {mt['turns']} searches/row, "
+          f"stagger {mt['stagger']}, overlap {mt['overlap']}, "
           f"{mt['rounds']} retriever rounds, total {mt['total_s']:.2f}s, decode {mt['decode_s']:.2f}s, "
           f"retrieve {mt['retrieve_s']:.2f}s, splice {mt['splice_s']:.2f}s, "
           f"outside decode {100 * mt['outside_decode_share']:.1f}%")

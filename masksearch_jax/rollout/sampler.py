@@ -15,6 +15,7 @@ a fixed config stops compiling after warm-up (`Sampler.warmup` compiles them all
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import jax
@@ -165,60 +166,89 @@ class Sampler:
     jax.block_until_ready(state["length"])
     st["prefill_s"] = time.perf_counter() - t0
 
-    while any(f is None for f in finish):
-      before = np.array(state["length"])
-      t = time.perf_counter()
-      state = self.engine.decode(params, state)
-      # Copies: on CPU device_get may alias buffers that the next call donates.
-      length, reason, dev_active, tokens = (np.array(x) for x in jax.device_get(
-          (state["length"], state["reason"], state["active"], state["tokens"])))
-      st["decode_s"] += time.perf_counter() - t
-      st["chunks"] += 1
-      rewind, active = length.copy(), np.array([f is None for f in finish])
-      if not (length[active] > before[active]).any():      # a bug, never a hang
-        raise RuntimeError(f"decode made no progress (chunk {st['chunks']}); lengths {length}")
-      feeds: dict[int, str] = {}         # row -> observation text
-      search_rows: list[int] = []
-      for i in np.flatnonzero(active):
-        d = tools.decide(self.tok, tokens[i, turn_start[i]:length[i]],
-                         _DEVICE_REASON.get(int(reason[i])), int(turns[i]), r, p,
-                         checked=int(checked[i]))
-        checked[i] = length[i] - turn_start[i]
-        if d.cut is not None:
-          rewind[i] = turn_start[i] + d.cut
-        if d.action == "finish":
-          finish[i], active[i] = d.reason, False
-        elif d.action != "continue" and rewind[i] >= limit[i]:   # a call at the limit: no room
-          finish[i], active[i] = T.LENGTH, False
-        elif d.action == "search":
-          search_rows.append(i)
-          queries[i].append(d.query)
-        elif d.action == "error_obs":
-          feeds[i] = proto.format_error_observation(d.message, p)
-          nerr[i] += 1
-          turns[i] += 1
-      if search_rows:
-        t = time.perf_counter()
-        qs = [queries[i][-1] for i in search_rows]
-        hits, err = tools.call_retriever(self.retriever, qs, r.top_k_docs, r.retriever_timeout_s)
-        st["retrieve_s"] += time.perf_counter() - t
-        st["rounds"] += 1
-        for j, i in enumerate(search_rows):
-          turns[i] += 1
-          if err is None:
-            feeds[i] = proto.format_observation(hits[j], p)
-            nsearch[i] += 1
-          else:
-            feeds[i] = proto.format_error_observation(err, p)
+    waiting = np.zeros(b, bool)          # rows whose search is in flight (overlap_retrieval)
+    pending = None                       # (rows, future) of that search
+    pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-search") \
+        if r.overlap_retrieval and r.use_tools else None
+    try:
+      while any(f is None for f in finish):
+        running = np.array([f is None for f in finish]) & ~waiting   # rows the device advances
+        if running.any():
+          before = np.array(state["length"])
+          t = time.perf_counter()
+          state = self.engine.decode(params, state)
+          # Copies: on CPU device_get may alias buffers that the next call donates.
+          length, reason, dev_active, tokens = (np.array(x) for x in jax.device_get(
+              (state["length"], state["reason"], state["active"], state["tokens"])))
+          st["decode_s"] += time.perf_counter() - t
+          st["chunks"] += 1
+          if not (length[running] > before[running]).any():   # a bug, never a hang
+            raise RuntimeError(f"decode made no progress (chunk {st['chunks']}); lengths {length}")
+        else:                            # every unfinished row waits for its observation
+          length, dev_active, tokens = (np.array(x) for x in jax.device_get(
+              (state["length"], state["active"], state["tokens"])))
+        rewind, active = length.copy(), np.array([f is None for f in finish]) & ~waiting
+        feeds: dict[int, str] = {}       # row -> observation text
+        search_rows: list[int] = []
+        for i in np.flatnonzero(running):
+          d = tools.decide(self.tok, tokens[i, turn_start[i]:length[i]],
+                           _DEVICE_REASON.get(int(reason[i])), int(turns[i]), r, p,
+                           checked=int(checked[i]))
+          checked[i] = length[i] - turn_start[i]
+          if d.cut is not None:
+            rewind[i] = turn_start[i] + d.cut
+          if d.action == "finish":
+            finish[i], active[i] = d.reason, False
+          elif d.action != "continue" and rewind[i] >= limit[i]:   # a call at the limit: no room
+            finish[i], active[i] = T.LENGTH, False
+          elif d.action == "search":
+            search_rows.append(i)
+            queries[i].append(d.query)
+            turns[i] += 1
+          elif d.action == "error_obs":
+            feeds[i] = proto.format_error_observation(d.message, p)
             nerr[i] += 1
-      if feeds:
-        t = time.perf_counter()
-        state = self._splice(params, state, feeds, rewind, active, tokens, limit, finish, turn_start)
-        checked[list(feeds)] = 0
-        st["splice_s"] += time.perf_counter() - t
-      elif (rewind != length).any() or (active != dev_active).any():
-        state = self.engine.update(state, self._put(rewind.astype(np.int32)), self._put(active))
+            turns[i] += 1
+        if pending is not None:          # the search that ran during this chunk
+          t = time.perf_counter()
+          rows, fut = pending
+          self._take_hits(rows, *fut.result(), feeds, nsearch, nerr)
+          st["retrieve_s"] += time.perf_counter() - t
+          waiting[rows], active[rows], pending = False, True, None
+        if search_rows:
+          qs = [queries[i][-1] for i in search_rows]
+          call = (self.retriever, qs, r.top_k_docs, r.retriever_timeout_s)
+          st["rounds"] += 1
+          if pool is not None:
+            pending = (search_rows, pool.submit(tools.call_retriever, *call))
+            waiting[search_rows], active[search_rows] = True, False
+          else:
+            t = time.perf_counter()
+            self._take_hits(search_rows, *tools.call_retriever(*call), feeds, nsearch, nerr)
+            st["retrieve_s"] += time.perf_counter() - t
+        if feeds:
+          t = time.perf_counter()
+          state = self._splice(params, state, feeds, rewind, active, tokens, limit, finish,
+                               turn_start)
+          checked[list(feeds)] = 0
+          st["splice_s"] += time.perf_counter() - t
+        elif (rewind != length).any() or (active != dev_active).any():
+          state = self.engine.update(state, self._put(rewind.astype(np.int32)), self._put(active))
+    finally:
+      if pool is not None:
+        pool.shutdown(wait=False)
     return self._collect(state, plen, finish, nsearch, nerr, queries, st, t0, len(prompts))
+
+  def _take_hits(self, rows, hits, err, feeds, nsearch, nerr) -> None:
+    """One search's result -> the observation text of each of its rows (an error observation for
+    all of them when the call failed)."""
+    for j, i in enumerate(rows):
+      if err is None:
+        feeds[i] = proto.format_observation(hits[j], self.protocol)
+        nsearch[i] += 1
+      else:
+        feeds[i] = proto.format_error_observation(err, self.protocol)
+        nerr[i] += 1
 
   def _splice(self, params, state, feeds, rewind, active, tokens, limit, finish, turn_start):
     """Tokenises the observations within budget and runs one jitted splice for all of them."""

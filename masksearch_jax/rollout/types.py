@@ -59,6 +59,12 @@ class RolloutConfig:
     loop condition makes XLA copy it to the host and wait after every iteration, draining the
     GPU; k steps run as a fixed-count inner loop between tests (rows that stop meanwhile idle
     as padding, at most k - 1 steps). Must divide chunk_steps (else the largest divisor is used).
+  overlap_retrieval: a round's search runs in a host thread while the device decodes the rows
+    that did not search; their observations are spliced after that chunk. Rows are independent
+    (per-row keys), so rollouts are identical either way; only the wall time changes. It pays
+    when a search takes longer than a decode chunk (a remote retriever) and rows search at
+    different times; with a fast retriever each search instead delays its row by a whole chunk
+    (benchmarks/sampler.py --overlap_retrieval=false,true --mt_stagger measures both). Opt-in.
   """
   max_len: int = 1024
   max_new_tokens: int | None = None
@@ -66,6 +72,7 @@ class RolloutConfig:
   chunk_steps: int = 64
   pause_exit_fraction: float = 0.0
   steps_per_check: int = 1
+  overlap_retrieval: bool = False
   eos_ids: tuple[int, ...] = ()
   stop_strings: tuple[str, ...] = ()
   # Tool use (the protocol's search / answer tags); off = plain generation.

@@ -419,3 +419,40 @@ def test_warmup_compiles_every_shape_up_front(model, tok):
     with _CompileCounter() as cc:
       cold.generate(params, prompts)
     assert cc.n > 0
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.25])
+def test_overlapped_retrieval_gives_the_same_rollouts(model, tok, pause):
+  """overlap_retrieval runs a round's search while the other rows decode and splices one chunk
+  later; rows are independent, so tokens, mask, log-probs, queries and finish reasons equal the
+  synchronous loop's (sampled, several rounds, rows searching at different times)."""
+  import dataclasses
+  cfg, params = model
+  rows = [["<search> capital of france </search>", 6, "<answer> paris </answer>"],
+          [2, "<search> the river </search>", 1, "<search> b </search>", "<answer> r </answer>"],
+          ["<answer> x </answer>"],
+          [3, "<search> a </search>", 8, "<answer> y </answer>"]]
+  script = _script(tok, rows, 96)
+  base = T.RolloutConfig(max_len=160, max_new_tokens=120, prompt_buckets=(16,), chunk_steps=5,
+                         pause_exit_fraction=pause, eos_ids=(fx.tid(fx.EOS),), max_turns=2,
+                         max_tool_tokens=24, top_k_docs=2)
+  prompts = ["who wrote the book", "the capital", "alpha", "the old town river"]
+  outs, calls = [], []
+  for overlap in (False, True):
+    ret = fx.FakeRetriever(delay_s=0.05)
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.8),
+                            dataclasses.replace(base, overlap_retrieval=overlap), retriever=ret,
+                            logits_hook=fx.script_hook(script), scan_layers=False, **F32)
+    outs.append(s.generate(params, prompts, seed=5))
+    calls.append(sorted(q for c in ret.calls for q in c))
+  a, b = outs
+  assert a.finish_reason == b.finish_reason, (a.finish_reason, b.finish_reason)
+  assert a.queries == b.queries, (a.queries, b.queries)
+  assert calls[0] == calls[1]
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+  np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+  np.testing.assert_array_equal(a.num_searches, b.num_searches)
+  assert a.queries == [["capital of france"], ["the river", "b"], [], ["a"]]
+  assert a.stats["rounds"] == b.stats["rounds"] >= 2
