@@ -193,6 +193,8 @@ def call_retriever(retriever, queries: list[str], k: int,
 
   th = threading.Thread(target=work, daemon=True, name="rollout-retriever")
   with _WORKERS_LOCK:
+    for key in [key for key, w in _WORKERS.items() if not w.is_alive()]:
+      del _WORKERS[key]                               # finished workers: nothing to wait for
     _WORKERS[id(retriever)] = th
   th.start()
   th.join(timeout_s)

@@ -119,6 +119,7 @@ def test_a_stuck_retriever_gets_one_call_in_flight():
   assert err is None and hits == [[], []] and r.entered == 2
   other = fx.FakeRetriever()                                  # other retrievers are not affected
   assert tools.call_retriever(other, ["e"], 1, 1.0)[1] is None
+  assert id(r) not in tools._WORKERS                          # finished workers are forgotten
 
 
 def test_safe_decode_never_raises():
