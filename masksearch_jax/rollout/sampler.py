@@ -123,31 +123,24 @@ class Sampler:
     each prompt bucket, decode, update and a splice of each tool width — so that no later
     generate() of that batch size compiles (an RL step or a benchmark then never stalls on a
     longer prompt or passage). Returns the number of programs run."""
-    dead = 1 if self.pad_single_row and batch == 1 else 0
-    b = batch + dead
-    if b % sharding.data_size(self.mesh, self.data_axis):
-      raise ValueError(f"batch {b} does not divide over data axis of {self.mesh.shape}")
+    if batch < 1:
+      raise ValueError(f"warmup batch={batch} must be >= 1")
     r = self.rcfg
-    widths = sorted({r.prompt_bucket(n) for n in (*r.prompt_buckets, r.max_len - 1) if n < r.max_len})
-    lens = np.ones(b, np.int32)
-    keys = np.asarray(sampling.row_keys(0, batch))
-    keys = np.concatenate([keys, keys[:dead]])
-    state, n = None, 0
-    for w in widths:
-      state = self.engine.prefill(params, self._put(np.full((b, w), r.pad_id, np.int32)),
-                                  self._put(lens), self._put(lens + 1), self._put(keys))
-      n += 1
+    # one dummy prompt length per bucket width, longest last (its decode is one step)
+    per_width = {r.prompt_bucket(min(n, r.max_len - 1)): min(n, r.max_len - 1)
+                 for n in (*r.prompt_buckets, r.max_len - 1)}
+    for w in sorted(per_width):
+      state, lens = self.start(params, [[r.pad_id] * per_width[w]] * batch)
+    b = len(lens)
     state = self.engine.decode(params, state)
     state = self.engine.update(state, self._put(lens), self._put(np.zeros(b, bool)))
-    n += 2
-    if r.use_tools:
-      for w in r.tool_buckets():
-        state = self.engine.splice(params, state, self._put(np.full((b, w), r.pad_id, np.int32)),
-                                   self._put(np.zeros(b, np.int32)), self._put(lens),
-                                   self._put(np.zeros(b, bool)))
-        n += 1
+    widths = r.tool_buckets() if r.use_tools else ()
+    for w in widths:
+      state = self.engine.splice(params, state, self._put(np.full((b, w), r.pad_id, np.int32)),
+                                 self._put(np.zeros(b, np.int32)), self._put(lens),
+                                 self._put(np.zeros(b, bool)))
     jax.block_until_ready(state["length"])
-    return n
+    return len(per_width) + 2 + len(widths)
 
   def generate(self, params, prompts: Sequence[str] | Sequence[Sequence[int]],
                seed: int | jax.Array = 0) -> T.Rollout:
