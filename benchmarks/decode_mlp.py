@@ -106,7 +106,8 @@ def main(argv):
           print(f"{m:>4} {name:>30}  failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
           continue
         diff = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref.astype(jnp.float32))))
-        line(name, m, t, f"{diff:.3g}  ({t_xla / t:.3f}x XLA)")
+        scale = float(jnp.max(jnp.abs(ref.astype(jnp.float32))))
+        line(name, m, t, f"{diff:.3g} of {scale:.3g}  ({t_xla / t:.3f}x XLA)")
       del w1
 
 

@@ -103,20 +103,21 @@ def _kernel(h_ref, w1_ref, w2_ref, o_ref, *, m, d, bf, bk, bn, eps):
       x = jnp.where(r == i, jnp.broadcast_to(h_ref[i, pl.ds(k0, width)][None, :], x.shape), x)
     return x
 
-  def sumsq(i, acc):
-    x = rows16(i * bk, bk).astype(f32)
-    return acc + jnp.sum(x * x, axis=1)
-  ss = jax.lax.fori_loop(0, d // bk, sumsq, jnp.zeros((ROWS,), f32))
-  inv = jax.lax.rsqrt(ss / d + eps)                                      # [16]
-
+  # The norm's row statistic accumulates in the same loop: with the gain folded into w1 the
+  # 1 / RMS scale applies after the product, so it is not needed before the loop (a separate
+  # pre-pass was a chain of unpipelined L2 round trips per program: measured 0.82x XLA).
   def gate_up(i, accs):
-    x = rows16(i * bk, bk).astype(cdt)
+    x = rows16(i * bk, bk)
+    xf = x.astype(f32)
     wg = w1_ref[pl.ds(i * bk, bk), p, pl.ds(0, bf)]                     # [bk, bf]
     wu = w1_ref[pl.ds(i * bk, bk), p, pl.ds(bf, bf)]
+    x = x.astype(cdt)
     return (accs[0] + jnp.dot(x, wg, preferred_element_type=f32),
-            accs[1] + jnp.dot(x, wu, preferred_element_type=f32))
+            accs[1] + jnp.dot(x, wu, preferred_element_type=f32),
+            accs[2] + jnp.sum(xf * xf, axis=1))
   zero = jnp.zeros((ROWS, bf), f32)
-  g, u = jax.lax.fori_loop(0, d // bk, gate_up, (zero, zero))
+  g, u, ss = jax.lax.fori_loop(0, d // bk, gate_up, (zero, zero, jnp.zeros((ROWS,), f32)))
+  inv = jax.lax.rsqrt(ss / d + eps)                                      # [16]
 
   # As qwen2's folded path: bf16 product, times the f32 row scale, rounded; silu and gating.
   rnd = lambda v: v.astype(cdt).astype(f32)
