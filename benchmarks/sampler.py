@@ -164,6 +164,21 @@ def bench_hf(cfg, batch, rng):
   return {"hf_tok_s": batch * N / t}
 
 
+def _first_difference(out, ref) -> dict:
+  """Where rollout `out` leaves `ref`: the earliest differing token (offset after the prompt, -1
+  if none) and the largest log-prob difference of the generated tokens before it (numeric drift
+  before a flip, vs a different path from the start)."""
+  import numpy as np
+  diff = out.tokens != ref.tokens
+  first = np.where(diff.any(1), diff.argmax(1), out.tokens.shape[1])            # [B]
+  before = np.arange(out.tokens.shape[1])[None, :] < first[:, None]
+  gen = before & (out.loss_mask == 1) & (ref.loss_mask == 1)
+  lp = float(np.max(np.abs(out.logprobs - ref.logprobs), where=gen, initial=0.0))
+  offs = (first - out.prompt_lengths)[diff.any(1)]
+  return {"first_diff_offset": int(offs.min()) if offs.size else -1,
+          "max_logprob_diff_before": lp}
+
+
 def bench_multi_turn(cfg, params, scan, dtype):
   import numpy as np
   from masksearch_jax.protocol import DEFAULT
@@ -202,14 +217,17 @@ def bench_multi_turn(cfg, params, scan, dtype):
     s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, retriever=ret,
                             compute_dtype=dtype, cache_dtype=dtype, attn_impl=FLAGS.attn_impl,
                             scan_layers=scan, logits_hook=hook)
-    s.generate(params, prompts)                                  # warm-up
+    warm = s.generate(params, prompts)                           # warm-up
     out = s.generate(params, prompts)
     if first is None:
       first = out
     st = dict(out.stats)
+    st.update(same_tokens_as_warmup=bool(np.array_equal(out.tokens, warm.tokens)),
+              tool_errors=int(np.sum(out.num_tool_errors)), **_first_difference(out, first))
     st.update(batch=b, turns=turns, stagger=stagger, overlap=rcfg.overlap_retrieval,
               retriever_calls_per_rollout=st["rounds"], finish=sorted(set(out.finish_reason)),
               same_tokens_as_first=bool(np.array_equal(out.tokens, first.tokens)),
+              rows_unlike_first=int(np.sum(np.any(out.tokens != first.tokens, axis=1))),
               policy_tok_s=int(out.loss_mask.sum()) / st["total_s"])
     out_rows.append(st)
   return out_rows
