@@ -37,8 +37,8 @@ flags.DEFINE_enum("pad_single_row", "auto", ["auto", "true", "false", "both"],
                   "batch 1 as two rows (Sampler(pad_single_row)); auto: the sampler's default; "
                   "both: one column each (batch 1 only)")
 flags.DEFINE_list("linear_impls", ["xla"], "decode projections (qwen2.LINEAR_IMPLS): xla, "
-                  "xla_folded (norm gains in the weights), pallas (model/decode_linear.py), xla_mlp "
-                  "(xla_folded + model/decode_mlp.py); all but xla unrolled only; several: one column each")
+                  "xla_folded (norm gains in the weights), pallas (model/decode_linear.py); the "
+                  "last two unrolled only; several: one column each")
 flags.DEFINE_integer("repeats", 2, "timed repeats after one warm-up (best is reported)")
 flags.DEFINE_bool("hf", True, "also time transformers generate (torch, same dtype, CUDA only)")
 flags.DEFINE_list("hf_batch_sizes", [], "batch sizes for transformers (default: all)")
@@ -82,9 +82,6 @@ flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-atte
 flags.DEFINE_bool("decode_shared_rows", True, "attn_impl=pallas, rows above the cache_write "
                   "limit: the append and attend kernels read the queries and new k/v from one "
                   "array (attention.SHARED_ROWS)")
-flags.DEFINE_string("decode_mlp", "", "linear_impls xla_mlp: the one-kernel MLP's slice and "
-                    "tiling 'slice=64 bk=128 bn=128 w=4 st=3', any subset (decode_mlp.SLICE, "
-                    "TUNING; benchmarks/decode_mlp.py sweeps them)")
 FLAGS = flags.FLAGS
 
 
@@ -236,8 +233,7 @@ def bench_multi_turn(cfg, params, scan, dtype):
 def apply_decode_settings() -> None:
   """The decode-kernel flags -> the module settings they A/B (read when the decode step is
   traced, so process-wide); profile_decode.py applies the same ones."""
-  from masksearch_jax.model import attention, cache_append, decode_attention, decode_mlp, qwen2
-  decode_mlp.SLICE, decode_mlp.TUNING = decode_mlp.parse_tuning(FLAGS.decode_mlp)
+  from masksearch_jax.model import attention, cache_append, decode_attention, qwen2
   cache_append.ENABLED = FLAGS.cache_append
   if FLAGS.cache_write_max_rows >= 0:
     decode_attention.WRITE_MAX_ROWS = FLAGS.cache_write_max_rows

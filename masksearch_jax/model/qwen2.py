@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from masksearch_jax.model import attention, decode_linear, decode_mlp
+from masksearch_jax.model import attention, decode_linear
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum, split_k_einsum
 from masksearch_jax.model.config import Qwen2Config
 
@@ -30,9 +30,8 @@ Params = dict[str, Any]
 # How the sampler's unrolled decode layout runs the projections: "xla" (XLA products), "xla_folded"
 # (XLA products with each RMSNorm's gain folded into the weights that follow it, so the norm is a
 # per-row scale applied after the product: no normalised copy of the activations is written),
-# "pallas" (model/decode_linear.py's fused one-token kernels), "xla_mlp" ("xla_folded", with each
-# one-token MLP block of up to decode_mlp.MAX_ROWS rows as model/decode_mlp.py's single kernel).
-LINEAR_IMPLS = ("xla", "xla_folded", "pallas", "xla_mlp")
+# "pallas" (model/decode_linear.py's fused one-token kernels).
+LINEAR_IMPLS = ("xla", "xla_folded", "pallas")
 # decode_layout with the XLA projections: store the weights named in DECODE_SPLIT_K_WEIGHTS
 # ("qkv", "o", "down") split DECODE_SPLIT_K ways along their input dimension where it divides
 # (matmul.split_k_einsum); 0 or 1: off. Read when the layout is built (benchmarks set them for a
@@ -151,10 +150,6 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   gate_up (in f32, before the cast) and leave the layer dicts; `_qkv` / `_out_mlp` then scale
   each product's output by rms_scale(h) instead of normalising h first.
 
-  linear_impl="xla_mlp": as "xla_folded", with gate_up regrouped per hidden-unit slice
-  (`gate_up_sl` [D, F / bf, 2 bf], bf = decode_mlp.slice_width(F)), the layout of
-  model/decode_mlp.py's one-kernel MLP block.
-
   linear_impl="pallas": the same fused matrices stored transposed ([out, in]: `qkv_t`, `o_t`,
   `gate_up_t`, `down_t`, and `lm_head_t`, which is the embedding itself when tied), the layout of
   model/decode_linear.py, whose one-token kernels then also fold in the norms, biases, RoPE,
@@ -166,7 +161,7 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
   D = cfg.hidden_size
   out = {k: c(v) for k, v in params.items() if k != "layers"}
   layers = []
-  fold = linear_impl in ("xla_folded", "xla_mlp")
+  fold = linear_impl == "xla_folded"
   unknown = set(DECODE_SPLIT_K_WEIGHTS) - {"qkv", "o", "down"} if DECODE_SPLIT_K > 1 else set()
   if unknown and linear_impl != "pallas":
     raise ValueError(f"DECODE_SPLIT_K_WEIGHTS: {min(unknown)!r} is not one of qkv, o, down")
@@ -182,9 +177,6 @@ def decode_layout(params: Params, cfg: Qwen2Config, dtype, linear_impl: str = "x
     lp["qkv"], lp["gate_up"] = c(qkv), c(gate_up)
     lp["qkv_bias"] = jnp.concatenate([lp.pop(k).reshape(-1) for k in ("q_bias", "k_bias",
                                                                       "v_bias")])
-    if linear_impl == "xla_mlp":
-      lp["gate_up_sl"] = decode_mlp.slice_layout(
-          lp.pop("gate_up"), decode_mlp.slice_width(cfg.intermediate_size))
     if linear_impl == "pallas":
       lp["qkv_t"], lp["gate_up_t"] = lp.pop("qkv").T, lp.pop("gate_up").T
       lp["o_t"], lp["down_t"] = lp.pop("o").reshape(-1, D).T, lp.pop("down").T
@@ -231,8 +223,6 @@ def _projections(cfg, x, lp, c, row_scale=None):
 
 def _mlp_in(x, lp, c, row_scale=None):
   """silu(gate) * up [B, T, F] from either param layout (row_scale: as in _projections)."""
-  if "gate_up_sl" in lp:                                  # decode_layout "xla_mlp"
-    return decode_mlp.mlp_act_xla(x, c(lp["gate_up_sl"]), row_scale)
   if "gate_up" in lp or "gate_up_t" in lp:
     g, u = jnp.split(_dense(x, lp, "gate_up", c, row_scale), 2, axis=-1)
   else:
@@ -289,10 +279,6 @@ def _out_mlp(cfg, h, a, lp, c, fused):
     h = h + _dense(a.reshape(b, t, -1), lp, "o", c)
   else:
     h = h + rows_einsum("bthk,hkd->btd", a, c(lp["o"]))
-  if (t == 1 and "gate_up_sl" in lp and decode_linear.available()
-      and decode_mlp.supported(b, h.shape[-1], lp["gate_up_sl"].shape)):
-    return decode_mlp.mlp_block(h[:, 0], c(lp["gate_up_sl"]), c(lp["down"]),
-                                eps=cfg.rms_norm_eps)[:, None]
   x, scale = _normed(cfg, h, lp, "post_norm")
   return h + _dense(_mlp_in(x, lp, c, scale), lp, "down", c)
 

@@ -86,9 +86,9 @@ class Engine:
     if linear_impl != "xla" and scan_layers:
       raise ValueError(f"linear_impl={linear_impl!r} needs scan_layers=False (the unrolled decode "
                        "layout)")
-    if linear_impl in ("pallas", "xla_mlp") and mesh is not None and mesh.size > 1:
-      raise ValueError(f"linear_impl={linear_impl!r} runs on one device (its kernels are not "
-                       f"partitioned); got a mesh of {mesh.size} devices — use linear_impl='xla'")
+    if linear_impl == "pallas" and mesh is not None and mesh.size > 1:
+      raise ValueError("linear_impl='pallas' runs on one device (its kernels are not partitioned);"
+                       f" got a mesh of {mesh.size} devices — use linear_impl='xla'")
     self.linear_impl = linear_impl
     self._model = functools.partial(qwen2.apply, cfg=cfg, attn_impl=attn_impl,
                                     compute_dtype=compute_dtype, scan_layers=scan_layers)

@@ -46,8 +46,6 @@ class Sampler:
     "xla_folded": XLA products with the RMSNorm gains folded into the following weights (one
     normalising kernel less per norm; needs scan_layers=False). Measured on an H200: +2% at
     batch 1, -1.4% at batch 64 (benchmarks/RESULTS.md); opt-in.
-    "xla_mlp": "xla_folded" with each one-token MLP block of <= 8 rows as one kernel
-    (model/decode_mlp.py); scan_layers=False and one device; opt-in.
   pad_single_row: a batch of one prompt runs as two rows, the second a dead copy (inactive from
     the start, dropped from the output). On GPUs a one-row product is a vector x matrix that
     XLA would rewrite (model/matmul.rows_einsum pads it per product instead); two real rows need

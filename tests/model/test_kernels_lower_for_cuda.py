@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from masksearch_jax.model import cache_append, decode_attention as da, decode_linear, decode_mlp
+from masksearch_jax.model import cache_append, decode_attention as da, decode_linear
 from tests.cuda_lowering import triton_kernels
 
 B, S, H, K, DH, D = 64, 768, 12, 2, 128, 1536
@@ -48,10 +48,3 @@ def test_decode_linear_kernels_lower(m):
   rope = lambda x, w, p: decode_linear.linear(x, w, mode="rope", head_dim=DH, rotary_heads=H + K,
                                               positions=p, interpret=False)
   assert triton_kernels(rope, x, sd(((H + 2 * K) * DH, D), bf16), sd((m,), i32)) == 1
-
-
-@pytest.mark.parametrize("m", [1, 2, 8])
-def test_decode_mlp_kernel_lowers(m):
-  w1 = sd((D, 8960 // decode_mlp.SLICE, 2 * decode_mlp.SLICE), bf16)
-  fn = lambda h, w1, w2: decode_mlp.mlp_partials(h, w1, w2, eps=1e-6, interpret=False)
-  assert triton_kernels(fn, sd((m, D), bf16), w1, sd((8960, D), bf16)) == 1
