@@ -291,3 +291,18 @@ def print_kernels(per_class, per_kernel, top: int, scale: float = 1.0, unit: str
       for op, t in kernel_ops.get(k, collections.Counter()).most_common(3):
         src = sources.get(_kernel_key(op), "")
         print(f"      {t * scale:8.2f} {unit}  op {op[:60]}" + (f"  <- {src}" if src else ""))
+
+
+def first_difference(out, ref) -> dict:
+  """Where rollout `out` leaves `ref`: the earliest differing token (offset after the prompt, -1
+  if none) and the largest log-prob difference of the generated tokens before it (numeric drift
+  before a flip, vs a different path from the start)."""
+  import numpy as np
+  diff = out.tokens != ref.tokens
+  first = np.where(diff.any(1), diff.argmax(1), out.tokens.shape[1])            # [B]
+  before = np.arange(out.tokens.shape[1])[None, :] < first[:, None]
+  gen = before & (out.loss_mask == 1) & (ref.loss_mask == 1)
+  lp = float(np.max(np.abs(out.logprobs - ref.logprobs), where=gen, initial=0.0))
+  offs = (first - out.prompt_lengths)[diff.any(1)]
+  return {"first_diff_offset": int(offs.min()) if offs.size else -1,
+          "max_logprob_diff_before": lp}

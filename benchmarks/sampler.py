@@ -24,7 +24,8 @@ from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
 
-from benchmarks.common import StubRetriever, SyntheticTokenizer, roofline_bandwidth  # noqa: E402
+from benchmarks.common import (StubRetriever, SyntheticTokenizer, first_difference,  # noqa: E402
+                               roofline_bandwidth)
 
 flags.DEFINE_list("models", ["0.5b", "1.5b"], "presets (model/config.py), e.g. 0.5b,1.5b,tiny")
 flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"], "batch sizes")
@@ -161,21 +162,6 @@ def bench_hf(cfg, batch, rng):
   return {"hf_tok_s": batch * N / t}
 
 
-def _first_difference(out, ref) -> dict:
-  """Where rollout `out` leaves `ref`: the earliest differing token (offset after the prompt, -1
-  if none) and the largest log-prob difference of the generated tokens before it (numeric drift
-  before a flip, vs a different path from the start)."""
-  import numpy as np
-  diff = out.tokens != ref.tokens
-  first = np.where(diff.any(1), diff.argmax(1), out.tokens.shape[1])            # [B]
-  before = np.arange(out.tokens.shape[1])[None, :] < first[:, None]
-  gen = before & (out.loss_mask == 1) & (ref.loss_mask == 1)
-  lp = float(np.max(np.abs(out.logprobs - ref.logprobs), where=gen, initial=0.0))
-  offs = (first - out.prompt_lengths)[diff.any(1)]
-  return {"first_diff_offset": int(offs.min()) if offs.size else -1,
-          "max_logprob_diff_before": lp}
-
-
 def bench_multi_turn(cfg, params, scan, dtype):
   import numpy as np
   from masksearch_jax.protocol import DEFAULT
@@ -220,7 +206,7 @@ def bench_multi_turn(cfg, params, scan, dtype):
       first = out
     st = dict(out.stats)
     st.update(same_tokens_as_warmup=bool(np.array_equal(out.tokens, warm.tokens)),
-              tool_errors=int(np.sum(out.num_tool_errors)), **_first_difference(out, first))
+              tool_errors=int(np.sum(out.num_tool_errors)), **first_difference(out, first))
     st.update(batch=b, turns=turns, stagger=stagger, overlap=rcfg.overlap_retrieval,
               retriever_calls_per_rollout=st["rounds"], finish=sorted(set(out.finish_reason)),
               same_tokens_as_first=bool(np.array_equal(out.tokens, first.tokens)),

@@ -1,0 +1,79 @@
+"""Are two identical `Sampler` calls identical? Stage by stage, per attention implementation.
+
+  python benchmarks/sampler_determinism.py --model=1.5b --batch=64 --attn_impls=pallas,cudnn,xla
+  python benchmarks/sampler_determinism.py --model=tiny --batch=4 --platform=cpu   # smoke
+
+Why: on an H200 (session 24, benchmarks/RESULTS.md) two identical multi-turn rollouts of the
+1.5B at 64 rows parted at the second generated token with attention "pallas" or "cudnn" (all 64
+rows; log-probs up to 0.08 apart before the first different token), while "xla" repeated bit for
+bit, and cuDNN's attention and the 1.5B prefill alone repeated bit for bit. This narrows it down:
+for each implementation, `repeats` runs of the same greedy, tool-free generation, compared with
+the first at three stages — the prefill's last-position logits (`Engine.prefill`), the first
+decode chunk's logits, and the whole rollout's tokens and log-probs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
+
+flags.DEFINE_string("model", "1.5b", "preset (model/config.py)")
+flags.DEFINE_integer("batch", 64, "rows")
+flags.DEFINE_integer("prompt_len", 256, "prompt tokens")
+flags.DEFINE_integer("new_tokens", 256, "generated tokens")
+flags.DEFINE_list("attn_impls", ["pallas", "xla"], "attention implementations to check")
+flags.DEFINE_integer("repeats", 3, "identical runs per implementation")
+flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if FLAGS.platform:
+    os.environ["JAX_PLATFORMS"] = FLAGS.platform
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from benchmarks.common import SyntheticTokenizer, first_difference
+  from masksearch_jax.model import config, qwen2
+  from masksearch_jax.protocol import DEFAULT
+  from masksearch_jax.rollout import sampler as sampler_lib, types as T
+  cfg = config.get_config(FLAGS.model)
+  dtype = jnp.bfloat16
+  params = jax.jit(qwen2.init_params, static_argnums=(0,), static_argnames=("dtype",))(
+      cfg, jax.random.PRNGKey(0), dtype=dtype)
+  tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
+  rng = np.random.default_rng(1)
+  b, p = FLAGS.batch, FLAGS.prompt_len
+  prompts = [list(rng.integers(16, cfg.vocab_size, p)) for _ in range(b)]
+  rcfg = T.RolloutConfig(max_len=p + FLAGS.new_tokens, prompt_buckets=(p,), chunk_steps=64,
+                         use_tools=False)
+  print(f"device: {jax.devices()[0].device_kind}  model {FLAGS.model}  batch {b}  prompt {p}  "
+        f"new {FLAGS.new_tokens}  bf16 greedy, no tools")
+  print(f"{'attn':>7} {'run':>3} {'prefill logits':>15} {'chunk-1 logits':>15} "
+        f"{'rows unlike':>11} {'first offset':>12} {'lp drift before':>15}")
+  for impl in FLAGS.attn_impls:
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg,
+                            compute_dtype=dtype, cache_dtype=dtype, attn_impl=impl,
+                            scan_layers=False)
+    stages = []
+    for _ in range(FLAGS.repeats):
+      state, _ = s.start(params, prompts)
+      pre = np.asarray(state["logits"], np.float32)          # [B, V] after the prefill
+      one = np.asarray(s.engine.decode(params, state)["logits"], np.float32)   # after a chunk
+      stages.append((pre, one, s.generate(params, prompts)))
+    ref = stages[0]
+    for i, (pre, one, out) in enumerate(stages[1:], 1):
+      d = first_difference(out, ref[2])
+      unlike = int(np.sum(np.any(out.tokens != ref[2].tokens, axis=1)))
+      print(f"{impl:>7} {i:>3} {np.abs(pre - ref[0]).max():>15.4g} "
+            f"{np.abs(one - ref[1]).max():>15.4g} {unlike:>11} {d['first_diff_offset']:>12} "
+            f"{d['max_logprob_diff_before']:>15.4g}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
