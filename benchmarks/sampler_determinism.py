@@ -9,7 +9,8 @@ rows; log-probs up to 0.08 apart before the first different token), while "xla" 
 bit, and cuDNN's attention and the 1.5B prefill alone repeated bit for bit. This narrows it down:
 for each implementation, `repeats` runs of the same greedy, tool-free generation, compared with
 the first at three stages — the prefill's last-position logits (`Engine.prefill`), the first
-decode chunk's logits, and the whole rollout's tokens and log-probs.
+decode chunk's logits, and the whole rollout's tokens and log-probs. `--dtype=float32` keeps
+impl "pallas"'s decode kernel but moves its prefill and splices from cuDNN to XLA.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ flags.DEFINE_integer("prompt_len", 256, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 256, "generated tokens")
 flags.DEFINE_list("attn_impls", ["pallas", "xla"], "attention implementations to check")
 flags.DEFINE_integer("repeats", 3, "identical runs per implementation")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "compute and cache dtype; with "
+                  "float32, impl 'pallas' runs prefill and splices through XLA (cuDNN's kernel "
+                  "takes half precision only) and keeps the Pallas decode: a bisection")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 FLAGS = flags.FLAGS
 
@@ -43,7 +47,7 @@ def main(argv):
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T
   cfg = config.get_config(FLAGS.model)
-  dtype = jnp.bfloat16
+  dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
   params = jax.jit(qwen2.init_params, static_argnums=(0,), static_argnames=("dtype",))(
       cfg, jax.random.PRNGKey(0), dtype=dtype)
   tok = SyntheticTokenizer(cfg.vocab_size, DEFAULT)
@@ -53,7 +57,7 @@ def main(argv):
   rcfg = T.RolloutConfig(max_len=p + FLAGS.new_tokens, prompt_buckets=(p,), chunk_steps=64,
                          use_tools=False)
   print(f"device: {jax.devices()[0].device_kind}  model {FLAGS.model}  batch {b}  prompt {p}  "
-        f"new {FLAGS.new_tokens}  bf16 greedy, no tools")
+        f"new {FLAGS.new_tokens}  {FLAGS.dtype} greedy, no tools")
   print(f"{'attn':>7} {'run':>3} {'prefill logits':>15} {'chunk-1 logits':>15} "
         f"{'rows unlike':>11} {'first offset':>12} {'lp drift before':>15}")
   for impl in FLAGS.attn_impls:
