@@ -43,7 +43,13 @@ def main(argv):
   import jax.numpy as jnp
   import numpy as np
   from benchmarks.common import SyntheticTokenizer, first_difference
-  from masksearch_jax.model import config, qwen2
+  from masksearch_jax.model import attention, config, qwen2
+  if FLAGS.repeats < 2:                     # checked before the model is built: nothing to compare
+    raise app.UsageError(f"--repeats={FLAGS.repeats}: need at least 2 runs to compare")
+  unknown = sorted(set(FLAGS.attn_impls) - set(attention.IMPLEMENTATIONS))
+  if unknown or not FLAGS.attn_impls:
+    raise app.UsageError(f"--attn_impls: {unknown or 'empty'} (choose from "
+                         f"{', '.join(attention.IMPLEMENTATIONS)})")
   from masksearch_jax.protocol import DEFAULT
   from masksearch_jax.rollout import sampler as sampler_lib, types as T
   cfg = config.get_config(FLAGS.model)
