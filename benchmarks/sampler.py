@@ -83,6 +83,8 @@ flags.DEFINE_string("decode_attn_tiling", "", "attn_impl=pallas: the decode-atte
 flags.DEFINE_bool("decode_shared_rows", True, "attn_impl=pallas, rows above the cache_write "
                   "limit: the append and attend kernels read the queries and new k/v from one "
                   "array (attention.SHARED_ROWS)")
+flags.DEFINE_bool("cudnn_one_token", False, "attn_impl=cudnn: one-token decode steps through "
+                  "cuDNN too (attention.CUDNN_ONE_TOKEN; off: through XLA)")
 FLAGS = flags.FLAGS
 
 
@@ -226,6 +228,7 @@ def apply_decode_settings() -> None:
   decode_attention.KEY_SPLITS = FLAGS.decode_key_splits or None
   decode_attention.set_tiling(FLAGS.decode_attn_tiling)
   attention.SHARED_ROWS = FLAGS.decode_shared_rows
+  attention.CUDNN_ONE_TOKEN = FLAGS.cudnn_one_token
   qwen2.DECODE_SPLIT_K = FLAGS.decode_split_k
   qwen2.DECODE_SPLIT_K_WEIGHTS = tuple(FLAGS.decode_split_k_weights)
 

@@ -82,10 +82,19 @@ def _per_shard(fn, q, k, v, extra, *, extra_is_mask: bool):
                        out_specs=qkv, check_vma=False)(q, k, v, extra)
 
 
+# One-token queries (a decode step) through cuDNN's fused kernel. Off: they run "xla". Measured
+# on an H200 (1.5B, 64 rows, session 25, benchmarks/RESULTS.md): two identical greedy generations
+# with impl "cudnn" parted at the first decode step on 63 of 64 rows (logits up to 5.5 apart),
+# while the same prefill through cuDNN repeated bit for bit and XLA's decode did too.
+CUDNN_ONE_TOKEN = False
+
+
 def attend(q, k, v, mask, *, impl: str = "xla", causal_only: bool = False):
   """q [B, T, H, Dh], k/v [B, S, K, Dh], mask [B, T, S] bool -> [B, T, H, Dh]."""
   if impl == "pallas":                       # one-token decode: attend_decode's kernels
     impl = "cudnn" if _cudnn_chunks(q) else "xla"
+  if impl in ("cudnn", "jax") and q.shape[1] == 1 and not CUDNN_ONE_TOKEN:
+    impl = "xla"                             # see CUDNN_ONE_TOKEN
   if impl == "xla":
     return attend_xla(q, k, v, mask)
   if impl not in IMPLEMENTATIONS:

@@ -18,6 +18,21 @@ from masksearch_jax.model.config import Qwen2Config
 
 Cache = dict
 
+# The sampler's caches hold a multiple of this many slots (slots past its max_len are never
+# valid). The Pallas decode attention runs only on cache lengths that its key blocks divide
+# (decode_attention.block_size); without the rounding a max_len such as 1144 fell back to the
+# generic path, on GPUs cuDNN's one-token kernel, which is slower and does not repeat
+# (benchmarks/RESULTS.md, session 25). The kernel never reads slots past a row's end, so the
+# extra slots cost memory only (< 128 a row).
+CACHE_ALIGN = 128
+
+
+def aligned_length(max_len: int) -> int:
+  """Cache slots for a max_len-token buffer: max_len rounded up to a multiple of CACHE_ALIGN."""
+  if max_len < 1:
+    raise ValueError(f"max_len={max_len} must be >= 1")
+  return -(-max_len // CACHE_ALIGN) * CACHE_ALIGN
+
 
 def init_cache(cfg: Qwen2Config, batch: int, max_len: int, dtype=jnp.bfloat16,
                per_layer: bool = False) -> Cache:

@@ -1,7 +1,8 @@
 """The device half of the sampler: prefill, chunked decode and splicing, each one jitted program.
 
 All state lives in one dict pytree with static shapes (B rows, T = max_len buffer):
-  cache      model KV cache (kv_cache.py); cache["end"] == length at every function boundary
+  cache      model KV cache (kv_cache.py) of kv_cache.aligned_length(T) slots;
+             cache["end"] == length at every function boundary
   logits     [B, V] f32   next-token logits of each row (what the next decode step samples from)
   tokens     [B, T] int32 the row's sequence: prompt, then policy and tool tokens, at slot = position
   logprobs   [B, T] f32   sampler log-probs at policy slots, 0 elsewhere
@@ -117,7 +118,8 @@ class Engine:
     params = self._cast(params)
     b, p = prompt.shape
     t = self.rcfg.max_len
-    cache = kv_cache.init_cache(self.cfg, b, t, self.cache_dtype, per_layer=not self.scan_layers)
+    cache = kv_cache.init_cache(self.cfg, b, kv_cache.aligned_length(t), self.cache_dtype,
+                                per_layer=not self.scan_layers)
     seg = (jnp.arange(p)[None, :] < prompt_len[:, None]).astype(jnp.int32)
     pos = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
     h, cache = self._model(params, tokens=prompt, positions=pos, segment_ids=seg, cache=cache,

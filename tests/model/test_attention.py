@@ -52,3 +52,29 @@ def test_pallas_runs_chunks_through_cudnn_on_gpus_in_half_precision(monkeypatch)
   assert not attention._cudnn_chunks(q32)
   monkeypatch.setattr(attention.jax, "default_backend", lambda: "tpu")
   assert not attention._cudnn_chunks(q16)
+
+
+def _one_token(dtype=jnp.bfloat16):
+  rng = np.random.default_rng(3)
+  q = jnp.asarray(rng.normal(size=(2, 1, 4, 16)), dtype)                 # [B, 1, H, Dh]
+  k, v = (jnp.asarray(rng.normal(size=(2, 40, 2, 16)), dtype) for _ in range(2))
+  mask = jnp.arange(40)[None, None, :] < jnp.asarray([17, 40])[:, None, None]   # [B, 1, S]
+  return q, k, v, mask
+
+
+def test_one_token_queries_run_xla_not_cudnn(monkeypatch):
+  """A decode step's single query never goes to cuDNN (CUDNN_ONE_TOKEN off): on an H200 its
+  one-token kernel did not repeat run to run. impl "cudnn", and impl "pallas" where it would hand
+  the step to cuDNN, give attend_xla's result exactly; with the setting on, the same calls do try
+  cuDNN (which this CPU lacks), so the routing is what kept it out."""
+  q, k, v, mask = _one_token()
+  ref = attention.attend_xla(q, k, v, mask)
+  np.testing.assert_array_equal(attention.attend(q, k, v, mask, impl="cudnn"), ref)
+  monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")   # pallas -> cuDNN chunks
+  np.testing.assert_array_equal(attention.attend(q, k, v, mask, impl="pallas"), ref)
+  if jax.devices()[0].platform == "gpu":
+    return
+  monkeypatch.setattr(attention, "CUDNN_ONE_TOKEN", True)
+  for impl in ("cudnn", "pallas"):
+    with pytest.raises(Exception, match="[cC]u[dD][nN][nN]"):
+      attention.attend(q, k, v, mask, impl=impl)

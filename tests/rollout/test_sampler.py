@@ -456,3 +456,30 @@ def test_overlapped_retrieval_gives_the_same_rollouts(model, tok, pause):
   np.testing.assert_array_equal(a.num_searches, b.num_searches)
   assert a.queries == [["capital of france"], ["the river", "b"], [], ["a"]]
   assert a.stats["rounds"] == b.stats["rounds"] >= 2
+
+
+def test_unaligned_max_len_still_decodes_with_the_pallas_kernel(model, tok, monkeypatch):
+  """max_len 57 is no multiple of a key block; the cache is rounded up (kv_cache.aligned_length),
+  so the one-kernel decode attention still runs (it did not at 1144 in session 24's benchmark,
+  which then fell back to cuDNN's one-token kernel) and the rollout equals XLA attention's."""
+  from masksearch_jax.model import decode_attention, kv_cache
+  cfg, params = model
+  calls = []
+  real = decode_attention.decode_attend_write
+  monkeypatch.setattr(decode_attention, "decode_attend_write",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+  rcfg = T.RolloutConfig(max_len=57, max_new_tokens=20, prompt_buckets=(16,), chunk_steps=5,
+                         use_tools=False)
+  prompts = ["who wrote the book", "alpha beta"]
+  outs = {}
+  for impl in ("xla", "pallas"):
+    s = sampler_lib.Sampler(cfg, tok, T.SamplingConfig(temperature=0.0), rcfg, scan_layers=False,
+                            attn_impl=impl, **F32)
+    outs[impl] = s.generate(params, prompts)
+  state, _ = s.start(params, prompts)
+  assert state["cache"]["k"][0].shape[1] == kv_cache.aligned_length(57) == 128
+  assert state["tokens"].shape[1] == 57                 # the token buffer keeps max_len
+  assert calls, "the Pallas decode kernel never ran"
+  np.testing.assert_array_equal(outs["pallas"].tokens, outs["xla"].tokens)
+  np.testing.assert_allclose(outs["pallas"].logprobs, outs["xla"].logprobs, atol=1e-4)
+  assert outs["pallas"].finish_reason == [T.LENGTH] * 2
