@@ -42,7 +42,10 @@ WRITE_MAX_ROWS = 8                 # rows up to which the model appends k/v insi
 # keys, and with one share a row the kernel normalises its output itself (no partials, no merge).
 # Measured (1.5B, H200, one machine): batch 64 with 2 splits 29,433 tok/s (28,462 with one block
 # a program); with the k/v append in the kernel 2 / 4 / 1 splits 28,544 / 28,139 / 26,485;
-# batch 1 with 12 splits (every block) 697, 3 splits 641, 1 split 504.
+# batch 1 with 12 splits (every block) 697, 3 splits 641, 1 split 504. With one split the kernel
+# stores the G real rows straight into [B, H, Dh] (no XLA slice after it): 128 rows 51,779-51,938
+# tok/s against 51,336-51,402 with the slice (+0.8-1.1%, alternating processes; 256 rows equal;
+# session 25).
 # KEY_SPLITS (set by benchmarks) forces a count.
 MIN_PROGRAMS = 256
 KEY_SPLITS: int | None = None
@@ -149,10 +152,16 @@ def _attend_span(load_kv, q, *, start, n, blk: int, steps, scale: float):
 
 def _finish(acc, m, l, out_refs, *, start, n):
   """Store a program's result: with partial refs (o, m, l) its flash-decoding partial (a program
-  wholly past the row's length writes the neutral (0, -1e30, 0)); with one ref (the program saw
-  all of the row's keys) the normalised output in that ref's dtype."""
+  wholly past the row's length writes the neutral (0, -1e30, 0)); with one ref [G, Dh] (the
+  program saw all of the row's keys) the G real rows, normalised, in that ref's dtype — straight
+  into the model's [B, H, Dh] layout, so no XLA slice of the padded rows follows the kernel.
+  (Triton tiles are powers of two and G need not be: each row is picked out of the tile.)"""
   if len(out_refs) == 1:
-    out_refs[0][...] = (acc / jnp.maximum(l, 1e-30)[:, None]).astype(out_refs[0].dtype)
+    out_ref = out_refs[0]
+    out = acc / jnp.maximum(l, 1e-30)[:, None]
+    rid = jnp.arange(_Q_ROWS)[:, None]
+    for r in range(out_ref.shape[0]):
+      out_ref[r, :] = jnp.sum(jnp.where(rid == r, out, 0.0), axis=0).astype(out_ref.dtype)
     return
   o_ref, m_ref, l_ref = out_refs
   live = start < n
@@ -246,15 +255,15 @@ def new_rows(q, k_new, v_new):
                           v_new.reshape(b, kh, dh).astype(q.dtype)], axis=1)
 
 
-def _outputs_io(b: int, kh: int, ns: int, dh: int, dtype):
+def _outputs_io(b: int, kh: int, ns: int, dh: int, dtype, h: int):
   """(q block spec, out specs, out shapes) of a grid (row, kv head, key split): queries read
   from rows [B, >= K * 16, Dh] (new_rows, or the padded queries alone); partials
   o [B * K * ns, 16, Dh], m / l [B * K * ns, 16] f32 out — or, with one split, the normalised
-  [B * K, 16, Dh] in `dtype`."""
+  output [B, H, Dh] in `dtype` (program (i, j) writes heads jG .. jG + G - 1 of row i)."""
   q_spec = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i, j, 0))   # rows 16j.. of row i
   if ns == 1:
-    out = pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: (i * kh + j, 0, 0))
-    return (q_spec, [out], [jax.ShapeDtypeStruct((b * kh, _Q_ROWS, dh), dtype)])
+    out = pl.BlockSpec((None, h // kh, dh), lambda i, j, c: (i, j, 0))
+    return (q_spec, [out], [jax.ShapeDtypeStruct((b, h, dh), dtype)])
   part = lambda i, j, c: ((i * kh + j) * ns + c, 0)
   specs = [pl.BlockSpec((None, _Q_ROWS, dh), lambda i, j, c: part(i, j, c) + (0,)),
            pl.BlockSpec((None, _Q_ROWS), part), pl.BlockSpec((None, _Q_ROWS), part)]
@@ -265,9 +274,9 @@ def _outputs_io(b: int, kh: int, ns: int, dh: int, dtype):
 
 
 def _combine(outs, b, kh, ns, g, h, dh, dtype):
-  """The kernel's outputs -> [B, 1, H, Dh]: the merge of partials, or the G real rows."""
+  """The kernel's outputs -> [B, 1, H, Dh]: the merge of partials, or the output itself."""
   if ns == 1:
-    return outs[0].reshape(b, kh, _Q_ROWS, dh)[:, :, :g].reshape(b, 1, h, dh)
+    return outs[0].reshape(b, 1, h, dh)
   return _merge(*outs, b, kh, ns, g, h, dh, dtype)
 
 
@@ -313,7 +322,7 @@ def decode_attend_write(q, k_new, v_new, k_cache, v_cache, end, *, interpret: bo
   rows = new_rows(q, k_new, v_new)                                     # [B, qr + 2K, Dh]
   k_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, qr + j, 0))
   v_spec = pl.BlockSpec((None, 1, dh), lambda i, j, c: (i, qr + kh + j, 0))
-  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype)
+  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, q.dtype, h)
   *outs, k3, v3 = pl.pallas_call(
       functools.partial(_kernel_write, scale=dh ** -0.5, blk=blk, steps=steps),
       grid=(b, kh, ns),
@@ -358,7 +367,7 @@ def decode_attend_rows(rows, k, v, lengths, *, num_heads: int, interpret: bool =
   blk, ns, _ = _plan(b, kh, s, splits, block)
   k3, v3 = k.reshape(b, s, kh * dh), v.reshape(b, s, kh * dh)     # free: heads side by side
   kv_spec = pl.BlockSpec((None, s, dh), lambda i, j, c: (i, 0, j))   # the whole row: see _kernel
-  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, rows.dtype)
+  q_spec, out_specs, out_shapes = _outputs_io(b, kh, ns, dh, rows.dtype, h)
   outs = pl.pallas_call(
       functools.partial(_kernel, scale=dh ** -0.5, blk=blk, ns=ns),
       grid=(b, kh, ns),

@@ -257,6 +257,34 @@ def test_lengths_past_the_cache_attend_every_slot(splits):
                              atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("write", [False, True])
+def test_one_split_writes_the_model_layout(write):
+  """With one split a (row, kv head) the kernel stores the G real rows itself: its output is
+  [B, H, Dh] (no XLA slice of the 16 padded rows after it), equal to XLA attention."""
+  b, h, kh, dh, s = 3, 12, 2, 32, 128
+  q, k, v = _inputs(b, h, kh, dh, s, jnp.float32, seed=7)
+  n = jnp.asarray([1, 64, 128], jnp.int32)
+  if write:
+    kn, vn = k[:, :1], v[:, :1]
+    fn = lambda q, k, v, n: da.decode_attend_write(q, kn, vn, k, v, n - 1, interpret=True,
+                                                   splits=1)[0]
+  else:
+    fn = lambda q, k, v, n: da.decode_attend(q, k, v, n, interpret=True, splits=1)
+  def pallas_calls(jaxpr):
+    for e in jaxpr.eqns:
+      if e.primitive.name == "pallas_call":
+        yield e
+      elif "jaxpr" in e.params:
+        yield from pallas_calls(getattr(e.params["jaxpr"], "jaxpr", e.params["jaxpr"]))
+  calls = list(pallas_calls(jax.make_jaxpr(fn)(q, k, v, n).jaxpr))
+  assert [c.outvars[0].aval.shape for c in calls] == [(b, h, dh)]
+  k2 = k.at[jnp.arange(b), n - 1].set(k[:, 0]) if write else k
+  v2 = v.at[jnp.arange(b), n - 1].set(v[:, 0]) if write else v
+  mask = jnp.arange(s)[None, None, :] < n[:, None, None]
+  np.testing.assert_allclose(np.asarray(fn(q, k, v, n)),
+                             np.asarray(attention.attend_xla(q, k2, v2, mask)), atol=2e-6)
+
+
 def test_attend_rows_rejects_rows_that_cannot_hold_the_queries():
   q, k, v = _inputs(2, 4, 2, 16, 64, jnp.float32)
   n = jnp.asarray([5, 9], jnp.int32)

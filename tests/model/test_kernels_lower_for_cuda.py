@@ -27,6 +27,11 @@ def test_decode_attention_kernels_lower(b):
   assert triton_kernels(lambda *a: da.decode_attend_write(*a), q, kv, kv, cache, cache, n) == 1
   tiled = lambda q, k, v, n: da.decode_attend(q, k, v, n, block=128, num_warps=8, num_stages=4)
   assert triton_kernels(tiled, q, cache, cache, n) == 1
+  # one split a (row, kv head): the G = 6 real rows stored straight into [B, H, Dh]
+  one = lambda r, k, v, n: da.decode_attend_rows(r, k, v, n, num_heads=H, splits=1)
+  assert triton_kernels(one, rows, cache, cache, n) == 1
+  assert triton_kernels(lambda *a: da.decode_attend_write(*a, splits=1), q, kv, kv, cache, cache,
+                        n) == 1
 
 
 @pytest.mark.parametrize("cache_dtype", [bf16, jnp.float32])
