@@ -4,13 +4,14 @@
   python benchmarks/sampler_determinism.py --model=tiny --batch=4 --platform=cpu   # smoke
 
 Why: on an H200 (session 24, benchmarks/RESULTS.md) two identical multi-turn rollouts of the
-1.5B at 64 rows parted at the second generated token with attention "pallas" or "cudnn" (all 64
-rows; log-probs up to 0.08 apart before the first different token), while "xla" repeated bit for
-bit, and cuDNN's attention and the 1.5B prefill alone repeated bit for bit. This narrows it down:
-for each implementation, `repeats` runs of the same greedy, tool-free generation, compared with
-the first at three stages — the prefill's last-position logits (`Engine.prefill`), the first
-decode chunk's logits, and the whole rollout's tokens and log-probs. `--dtype=float32` keeps
-impl "pallas"'s decode kernel but moves its prefill and splices from cuDNN to XLA.
+1.5B at 64 rows parted at the second generated token with attention "pallas" or "cudnn". For each
+implementation this runs `repeats` identical greedy, tool-free generations and compares them with
+the first at three stages: the prefill's last-position logits (`Engine.prefill`), the first
+decode chunk's logits, and the whole rollout's tokens and log-probs. `--dtype=float32` keeps impl
+"pallas"'s decode kernel but moves its prefill and splices from cuDNN to XLA. Session 25 found
+the cause with it: cuDNN's one-token decode kernel (taken by "cudnn", and by "pallas" wherever
+its own kernel did not fit the cache length) does not repeat; decode steps no longer use it
+(attention.CUDNN_ONE_TOKEN, kv_cache.aligned_length), and `--cudnn_one_token` shows it again.
 """
 from __future__ import annotations
 

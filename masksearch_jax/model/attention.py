@@ -83,9 +83,11 @@ def _per_shard(fn, q, k, v, extra, *, extra_is_mask: bool):
 
 
 # One-token queries (a decode step) through cuDNN's fused kernel. Off: they run "xla". Measured
-# on an H200 (1.5B, 64 rows, session 25, benchmarks/RESULTS.md): two identical greedy generations
-# with impl "cudnn" parted at the first decode step on 63 of 64 rows (logits up to 5.5 apart),
-# while the same prefill through cuDNN repeated bit for bit and XLA's decode did too.
+# on an H200 (1.5B, 64 rows, session 25, benchmarks/RESULTS.md): with cuDNN's one-token kernel two
+# identical greedy generations parted at the first decode steps on 54-63 of 64 rows (one step's
+# logits 0.03-0.09 apart run to run), while the same prefill through cuDNN repeated bit for bit;
+# through XLA every run repeats, at 27.5-27.6k against 29.3k tok/s. impl "pallas" (its own decode
+# kernel, also repeatable) is the fast path for sampling.
 CUDNN_ONE_TOKEN = False
 
 

@@ -61,13 +61,13 @@ class RolloutConfig:
     as padding, at most k - 1 steps). Must divide chunk_steps (else the largest divisor is used).
   overlap_retrieval: a round's search runs in a host thread while the device decodes the rows
     that did not search; their observations are spliced after that chunk. Rows are independent
-    (per-row keys), so rollouts are the same either way (tested exactly on CPU; on GPUs with
-    fused attention two identical runs already differ in rounding, benchmarks/RESULTS.md); only
-    the wall time changes. It pays when a search takes longer than a decode chunk (a remote
-    retriever) and rows search at different times; with a fast retriever each search instead
-    delays its row by a whole chunk. Measured on an H200 (1.5B, 64 rows searching at 4 offsets,
-    64-step chunks of ~0.13 s): -2 to -7% wall time with a 50 ms retriever, +13% with 5 ms
-    (benchmarks/sampler.py --overlap_retrieval=false,true --mt_stagger). Opt-in.
+    (per-row keys), so rollouts are the same either way, token for token (tested on CPU; on an
+    H200 too); only the wall time changes. It pays when a search takes longer than a decode
+    chunk (a remote retriever) and rows search at different times; with a fast retriever each
+    search instead delays its row by a whole chunk. Measured on an H200 (1.5B, 64 rows searching
+    at 4 offsets, Pallas decode, 64-step chunks of ~0.13 s): -3.5% wall time with a 50 ms
+    retriever, +12 to +19% with 5 ms (benchmarks/sampler.py --overlap_retrieval=false,true
+    --mt_stagger; RESULTS.md, session 25). Opt-in.
   """
   max_len: int = 1024
   max_new_tokens: int | None = None
