@@ -40,19 +40,24 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))    # run from a checkout, uninstalled
 
-flags.DEFINE_string("model", "1.5b", "preset (model/config.py): the stage sizes")
-flags.DEFINE_integer("programs", 132, "resident programs (<= SMs; H100/H200: 132)")
-flags.DEFINE_integer("layers", 0, "layers streamed (0: the model's)")
-flags.DEFINE_integer("block_n", 64, "columns of a program's tile")
-flags.DEFINE_integer("block_k", 128, "rows of weight per inner step")
-flags.DEFINE_integer("num_warps", 8, "Triton warps a program")
-flags.DEFINE_integer("num_stages", 4, "software-pipeline stages of the inner loop")
-flags.DEFINE_integer("repeats", 5, "timed rounds (best reported)")
-flags.DEFINE_integer("calls", 10, "kernel calls a timed round")
-flags.DEFINE_bool("flat", True, "also the flat variants: one loop over all stages, the barrier "
-                  "inside it (the pipeline prefetches across it)")
-flags.DEFINE_float("bandwidth_tbs", 4.27, "copy roofline (TB/s; H200 measured, RESULTS.md)")
-flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
+def _define_flags() -> None:
+  """Flags are defined when run as a script only: tests import this module beside other
+  benchmarks that define the same names (absl rejects a flag defined twice)."""
+  flags.DEFINE_string("model", "1.5b", "preset (model/config.py): the stage sizes")
+  flags.DEFINE_integer("programs", 132, "resident programs (<= SMs; H100/H200: 132)")
+  flags.DEFINE_integer("layers", 0, "layers streamed (0: the model's)")
+  flags.DEFINE_integer("block_n", 64, "columns of a program's tile")
+  flags.DEFINE_integer("block_k", 128, "rows of weight per inner step")
+  flags.DEFINE_integer("num_warps", 8, "Triton warps a program")
+  flags.DEFINE_integer("num_stages", 4, "software-pipeline stages of the inner loop")
+  flags.DEFINE_integer("repeats", 5, "timed rounds (best reported)")
+  flags.DEFINE_integer("calls", 10, "kernel calls a timed round")
+  flags.DEFINE_bool("flat", True, "also the flat variants: one loop over all stages, the barrier "
+                    "inside it (the pipeline prefetches across it)")
+  flags.DEFINE_float("bandwidth_tbs", 4.27, "copy roofline (TB/s; H200 measured, RESULTS.md)")
+  flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
+
+
 FLAGS = flags.FLAGS
 
 _ROWS = 16                                   # tl.dot's minimum rows: a decode GEMV's padded rows
@@ -206,4 +211,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
