@@ -81,22 +81,13 @@ def _kernel(x_ref, *refs, rows: tuple, layers: int, programs: int, block_k: int,
   [layers, programs, rows_s, block_n] (flat: one, the stages concatenated), then the counter in / out (aliased, [1] float32) and the
   output tile [16, block_n] f32 of this program (its sum: keeps the loads live)."""
   from jax.experimental.pallas import triton as plgpu
+  from masksearch_jax.model.megakernel_stages import grid_barrier
   ws, cnt_ref, out_ref = refs[:len(rows)], refs[-2], refs[-1]
   p = pl.program_id(0)
   x = x_ref[...]
   acc0 = jnp.zeros(out_ref.shape, jnp.float32)
 
-  def barrier(k, acc):                     # the k-th barrier: every program arrived k + 1 times
-    # float32 counter: this jax's Triton lowering adds with `fadd` whatever the dtype (an int32
-    # counter stayed 0 on an H200); counts are exact far past the ~30k arrivals of a run.
-    plgpu.atomic_add(cnt_ref, (pl.ds(0, 1),), jnp.ones((1,), jnp.float32))
-    target = jnp.float32((k + 1) * programs)
-    v = jax.lax.while_loop(lambda v: v < target,
-                           lambda v: plgpu.load(cnt_ref.at[pl.ds(0, 1)], volatile=True)[0],
-                           jnp.float32(0))
-    # The spin's result must feed the output, or the loop is dropped as dead code before it
-    # reaches Triton (it was: the first GPU run had no barrier at all).
-    return jnp.where(v >= target, acc, 0.0)
+  barrier = lambda k, acc: grid_barrier(cnt_ref, k, programs, acc)
 
   def layer(l, acc):
     for s, (w, n) in enumerate(zip(ws, rows)):

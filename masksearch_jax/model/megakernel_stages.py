@@ -4,10 +4,9 @@ Every product stage hands out (column tile, K-split) items with a grid stride an
 partials; its consumer sums them (in a fixed order: a step repeats bit for bit), masked to the
 batch's rows (masked loads read no memory). The residual stream lives in hb[0] / hb[1]: the
 q/k/v stage reads hb[0] + the last down partials and program 0 publishes the sum into hb[1];
-the gate/up stage reads hb[1] + the o partials and publishes into hb[0]. Each stage ends at a
-grid barrier (benchmarks/grid_barrier.py: a float32 counter, spun on with volatile loads whose
-result feeds the output). Activations written by another program are read with volatile loads,
-past the SM's L1 (not coherent across SMs).
+the gate/up stage reads hb[1] + the o partials and publishes into hb[0]. Each stage ends at
+`grid_barrier` (its cost: benchmarks/grid_barrier.py). Activations written by another program
+are read with volatile loads, past the SM's L1 (not coherent across SMs).
 """
 from __future__ import annotations
 
@@ -22,6 +21,21 @@ STAGES = 5                                     # barriers a layer
 def _i(v: int):
   """A static index as an int32 value: this jax's masked Triton loads reject Python ints."""
   return jnp.int32(v)
+
+
+def grid_barrier(cnt, k, programs, value):
+  """The k-th grid-wide barrier of `programs` programs (all resident): each adds 1 to the
+  counter cnt [1] and spins until it reads (k + 1) * programs. Returns `value`, passed through
+  the spin's result. Why so: this jax's Triton lowering adds with `fadd` whatever the dtype
+  (an int32 counter stayed 0 on an H200), so the counter is float32 (exact to 2^24 arrivals);
+  and a spin whose result is unused is dropped as dead code before Triton."""
+  from jax.experimental.pallas import triton as plgpu
+  plgpu.atomic_add(cnt, (pl.ds(0, 1),), jnp.ones((1,), jnp.float32))
+  target = jnp.asarray((k + 1) * programs, jnp.float32)
+  v = jax.lax.while_loop(lambda v: v < target,
+                         lambda v: plgpu.load(cnt.at[pl.ds(0, 1)], volatile=True)[0],
+                         jnp.float32(0))
+  return jnp.where(v >= target, value, 0)
 
 
 def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, wlm, kc_in,
@@ -70,13 +84,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
     count = jnp.maximum(n - pid + P - 1, 0) // P
     return jax.lax.fori_loop(0, count, lambda i, c: body(pid + i * P, c), carry)
 
-  def barrier(k, tick):
-    plgpu.atomic_add(cnt, (pl.ds(0, 1),), jnp.ones((1,), f32))
-    target = ((k + 1) * P).astype(f32)
-    v = jax.lax.while_loop(lambda v: v < target,
-                           lambda v: plgpu.load(cnt.at[pl.ds(0, 1)], volatile=True)[0],
-                           jnp.float32(0))
-    return jnp.where(v >= target, tick, 0)
+  barrier = lambda k, tick: grid_barrier(cnt, k, P, tick)
 
   def layer(l, tick):
     # -- q/k/v: (tile of bq columns inside a head, K-split) --------------------------------
