@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from masksearch_jax.model import rope
+
 MODES = ("plain", "rope", "swiglu")
 
 
@@ -203,8 +205,7 @@ def linear(x, w_t, *, mode: str = "plain", norm_scale=None, eps: float = 1e-6, b
   out_dtype = out_dtype or x.dtype
   args = [x, w_t] + [a for a in (norm_scale, bias) if a is not None]
   if mode == "rope":                            # the same f32 frequencies as qwen2.rope
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    args += [positions.astype(jnp.int32), inv_freq]
+    args += [positions.astype(jnp.int32), rope.inv_freq(head_dim, theta)]
   if residual is not None:
     args.append(residual)
   kern = functools.partial(

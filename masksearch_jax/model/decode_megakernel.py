@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from masksearch_jax.model import megakernel_stages as stages
+from masksearch_jax.model import megakernel_stages as stages, rope
 from masksearch_jax.model.config import Qwen2Config
 
 ROWS = stages.ROWS                 # rows of every activation tile (tl.dot's minimum)
@@ -135,7 +135,7 @@ def decode_step(mp: dict, cfg: Qwen2Config, h, positions, k_cache, v_cache, end,
   pn = plan(cfg, B, S, plan_programs or programs)
   bn, bk = _tiles(cfg)
   pad = lambda x: jnp.zeros((ROWS,) + x.shape[1:], x.dtype).at[:B].set(x)
-  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, Dh, 2, dtype=jnp.float32) / Dh))   # as qwen2.rope
+  inv = rope.inv_freq(Dh, cfg.rope_theta)
   kc, vc = k_cache.reshape(L, B, S, K * Dh), v_cache.reshape(L, B, S, K * Dh)
   f32, sds, NH = jnp.float32, jax.ShapeDtypeStruct, H + 2 * K
   hb = jnp.zeros((2, ROWS, D), f32).at[0, :B].set(h.astype(f32))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from masksearch_jax.model import attention, decode_linear
+from masksearch_jax.model import attention, decode_linear, rope as rope_lib
 from masksearch_jax.model.matmul import einsum_f32_out, rows_einsum, split_k_einsum
 from masksearch_jax.model.config import Qwen2Config
 
@@ -114,7 +114,7 @@ def rms_norm(x, scale, eps):
 def rope(x, positions, theta):
   """Rotate-half RoPE (HF layout). x [B, T, N, Dh], positions [B, T]."""
   dh = x.shape[-1]
-  inv = 1.0 / (theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))     # [Dh/2]
+  inv = rope_lib.inv_freq(dh, theta)                                           # [Dh/2]
   ang = positions.astype(jnp.float32)[..., None] * inv                         # [B, T, Dh/2]
   cos = jnp.cos(jnp.concatenate([ang, ang], -1))[:, :, None, :]
   sin = jnp.sin(jnp.concatenate([ang, ang], -1))[:, :, None, :]
