@@ -2,17 +2,21 @@
 
   python benchmarks/decode_megakernel.py --model=1.5b --programs=132
   python benchmarks/decode_megakernel.py --model=tiny --programs=1 --platform=cpu --steps=2  # smoke
+  python benchmarks/decode_megakernel.py --variants=w8s3,w4s3,w8s3-attn,w8s3-mlp+down  # sweep
 
 Both run `steps` greedy steps of `rows` rows inside one jitted loop (each step feeds its argmax
 back), from the same random bf16 weights and the same random cache filled to `context` slots:
   - "xla": qwen2.apply on the sampler's unrolled layout (linear_impl="xla_folded", Pallas decode
     attention), per-layer caches — what the sampler runs today;
   - "mega": decode_megakernel.decode_step, one kernel a step, stacked caches.
-Reports ms a step, tok/s, the fraction of the HBM roofline (weights + the cache read a step over
+--variants times the kernel under Triton knobs "w<num_warps>s<num_stages>", optionally with stages
+skipped ("-attn+o": their work is not done, the barriers are; the logits are then wrong) — the
+cost of a stage is the full variant's time minus the skipping one's. Reports ms a step, tok/s, the fraction of the HBM roofline (weights + the cache read a step over
 --bandwidth_tbs) and how far the first step's logits are apart (bf16 rounding expected).
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -30,6 +34,8 @@ flags.DEFINE_integer("steps", 64, "decode steps a timed call")
 flags.DEFINE_integer("programs", 132, "the kernel's resident programs (<= SMs)")
 flags.DEFINE_integer("repeats", 3, "timed calls (best reported)")
 flags.DEFINE_float("bandwidth_tbs", 4.27, "copy roofline (TB/s; H200 measured, RESULTS.md)")
+flags.DEFINE_list("variants", ["w8s3"], "kernel variants: w<warps>s<stages>[-stage+stage]")
+flags.DEFINE_bool("xla", True, "also time XLA's step (the reference)")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 FLAGS = flags.FLAGS
 
@@ -69,15 +75,21 @@ def main(argv):
     tok, cache, first = jax.lax.fori_loop(0, T, step, (tok, cache, first))
     return tok, first
 
-  @jax.jit
-  def mega_steps(params, kc, vc, tok, end):
+  def parse(v):                        # "w8s3-attn+o" -> (8, 3, ("attn", "o"))
+    knobs, _, skip = v.partition("-")
+    w, st = knobs[1:].split("s")
+    return int(w), int(st), tuple(x for x in skip.split("+") if x)
+
+  @functools.partial(jax.jit, static_argnums=(5,))
+  def mega_steps(params, kc, vc, tok, end, variant):
     mp = mk.layout(params, cfg, bf)
+    warps, nst, skip = parse(variant)
 
     def step(i, c):
       tok, kc, vc, end, first = c
       h = params["embed"][tok]
       logits, kc, vc = mk.decode_step(mp, cfg, h, end, kc, vc, end, programs=FLAGS.programs,
-                                      interpret=cpu)
+                                      interpret=cpu, num_warps=warps, num_stages=nst, skip=skip)
       first = jnp.where(i == 0, logits, first)
       return jnp.argmax(logits, -1).astype(jnp.int32), kc, vc, end + 1, first
     first = jnp.zeros((B, cfg.vocab_size), jnp.float32)
@@ -89,9 +101,10 @@ def main(argv):
   roof_ms = (wbytes + kv_read) / (FLAGS.bandwidth_tbs * 1e12) * 1e3
   print(f"device: {jax.devices()[0].device_kind}  model {FLAGS.model}  rows {B}  context {n0}  "
         f"steps {T}  programs {FLAGS.programs}  roofline {roof_ms:.3f} ms/step")
-  print(f"{'impl':>5} {'ms/step':>9} {'tok/s':>9} {'of roofline':>11}")
+  print(f"{'impl':>16} {'ms/step':>9} {'tok/s':>9} {'of roofline':>11}")
   firsts = {}
-  for name, fn in (("mega", mega_steps), ("xla", xla_steps)):
+  runs = [(f"mega {v}", functools.partial(mega_steps, variant=v)) for v in FLAGS.variants]
+  for name, fn in runs + ([("xla", xla_steps)] if FLAGS.xla else []):
     jax.block_until_ready(fn(params, kc, vc, tok0, end0))          # compile + warm-up
     best = float("inf")
     for _ in range(FLAGS.repeats):
@@ -100,11 +113,13 @@ def main(argv):
       best = min(best, time.perf_counter() - t)
     firsts[name] = np.asarray(first)
     ms = best / T * 1e3
-    print(f"{name:>5} {ms:>9.3f} {B * T / best:>9.1f} {roof_ms / ms:>11.1%}", flush=True)
-  diff = np.abs(firsts["mega"] - firsts["xla"]).max()
-  same = (firsts["mega"].argmax(-1) == firsts["xla"].argmax(-1)).mean()
-  print(f"first step: logits max |mega - xla| {diff:.4g} (logits std {firsts['xla'].std():.3g}); "
-        f"same argmax {same:.0%}")
+    print(f"{name:>16} {ms:>9.3f} {B * T / best:>9.1f} {roof_ms / ms:>11.1%}", flush=True)
+  if "xla" in firsts:
+    ref = firsts["xla"]
+    for name, first in firsts.items():
+      if name != "xla" and "-" not in name:
+        print(f"{name}, first step: logits max |mega - xla| {np.abs(first - ref).max():.4g} "
+              f"(logits std {ref.std():.3g}); same argmax {(first.argmax(-1) == ref.argmax(-1)).mean():.0%}")
 
 
 if __name__ == "__main__":

@@ -115,9 +115,11 @@ def plan(cfg: Qwen2Config, batch: int, slots: int, programs: int) -> Plan:
               sd=_splits(D // bn, F // bn, programs, 8))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "programs", "plan_programs", "interpret"))
+@functools.partial(jax.jit, static_argnames=("cfg", "programs", "plan_programs", "interpret",
+                                             "num_warps", "num_stages", "skip"))
 def decode_step(mp: dict, cfg: Qwen2Config, h, positions, k_cache, v_cache, end, *,
-                programs: int, plan_programs: int | None = None, interpret: bool = False):
+                programs: int, plan_programs: int | None = None, interpret: bool = False,
+                num_warps: int = 8, num_stages: int = 3, skip: tuple[str, ...] = ()):
   """One token per row through the whole model in one kernel.
 
   mp: layout(...). h [B, D]: the tokens' embeddings; positions / end [B] int32 (RoPE position,
@@ -125,6 +127,8 @@ def decode_step(mp: dict, cfg: Qwen2Config, h, positions, k_cache, v_cache, end,
   programs: the grid, all resident at once (<= the GPU's SM count: every barrier waits for all
   of them; 1 in interpret mode, which runs programs one after another). plan_programs: split the
   work as for that many programs (default: `programs`; tests run a 132-program plan on one).
+  num_warps / num_stages: Triton's tiling knobs. skip: stages whose work items are skipped
+  (barriers kept; the result is WRONG) — for timing the stages (benchmarks/decode_megakernel.py).
   Returns (logits [B, V] f32, k_cache, v_cache)."""
   from jax.experimental.pallas import triton as plgpu
   B, D = h.shape
@@ -151,10 +155,10 @@ def decode_step(mp: dict, cfg: Qwen2Config, h, positions, k_cache, v_cache, end,
                sds((ROWS, V), f32))
   outs = pl.pallas_call(
       functools.partial(stages.kernel, cfg=cfg, batch=B, plan=pn, bn=bn, bk=bk,
-                        bkv=min(BLOCK_KEYS, S)),
+                        bkv=min(BLOCK_KEYS, S), skip=frozenset(skip)),
       grid=(programs,), out_shape=out_shape,
       input_output_aliases={0: 0, 11: 1, 12: 2, 13: 3, 14: 4},
-      compiler_params=plgpu.CompilerParams(num_warps=8, num_stages=3),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=interpret)(
           hb, pad(positions.astype(jnp.int32)), pad(end.astype(jnp.int32)), inv,
           mp["qkv"], bias, mp["o"], mp["gate_up"], mp["down"], mp["final_norm"], mp["lm"],

@@ -40,8 +40,10 @@ def grid_barrier(cnt, k, programs, value):
 
 def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, wlm, kc_in,
            vc_in, dp_in, cnt_in, hb, kc, vc, d_p, cnt, qkv_p, att_acc, att_m, att_l, o_p, gu_p,
-           logits_ref, *, cfg, batch: int, plan, bn: int, bk: int, bkv: int):
-  """Refs as decode_megakernel.decode_step passes them (the *_in ones alias outputs)."""
+           logits_ref, *, cfg, batch: int, plan, bn: int, bk: int, bkv: int,
+           skip: frozenset = frozenset()):
+  """Refs as decode_megakernel.decode_step passes them (the *_in ones alias outputs). skip:
+  stage names ("qkv", "attn", "o", "mlp", "down", "lm") whose items are not run (timing only)."""
   from jax.experimental.pallas import triton as plgpu
   del hb_in, kc_in, vc_in, dp_in, cnt_in
   H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
@@ -80,7 +82,9 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
         return c
       jax.lax.fori_loop(0, D // bk, blk, 0)
 
-  def items(n, body, carry):                 # body(item, carry) for items pid, pid + P, ...
+  def items(n, body, carry, name):           # body(item, carry) for items pid, pid + P, ...
+    if name in skip:
+      return carry
     count = jnp.maximum(n - pid + P - 1, 0) // P
     return jax.lax.fori_loop(0, count, lambda i, c: body(pid + i * P, c), carry)
 
@@ -102,7 +106,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
       qkv_p[s, :, head, pl.ds(off, bq)] = jax.lax.fori_loop(0, kq, step,
                                                             jnp.zeros((ROWS, bq), f32))
       return c
-    tick = barrier(l * STAGES, items((H + 2 * K) * Dh // bq * plan.sq, qkv_item, tick))
+    tick = barrier(l * STAGES, items((H + 2 * K) * Dh // bq * plan.sq, qkv_item, tick, "qkv"))
 
     # -- attention: (row, kv head, key split) -> flash-decoding partials ----------------------
     def attn_item(it, c):
@@ -167,7 +171,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
       plgpu.store(att_m.at[cs, b, pl.ds(j * G, ROWS)], m, mask=rows)
       plgpu.store(att_l.at[cs, b, pl.ds(j * G, ROWS)], lsum, mask=rows)
       return c
-    tick = barrier(l * STAGES + 1, items(batch * K * plan.sa, attn_item, tick))
+    tick = barrier(l * STAGES + 1, items(batch * K * plan.sa, attn_item, tick, "attn"))
 
     # -- o: (column tile, head group); merges the key splits of each of its heads ------------
     hs = H // plan.so
@@ -192,7 +196,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
         return a + dot(x, wo[l, pl.ds(hd * Dh, Dh), cols])
       o_p[s, :, cols] = jax.lax.fori_loop(0, hs, head, jnp.zeros((ROWS, bn), f32))
       return c
-    tick = barrier(l * STAGES + 2, items(D // bn * plan.so, o_item, tick))
+    tick = barrier(l * STAGES + 2, items(D // bn * plan.so, o_item, tick, "o"))
 
     # -- gate/up: (block of bn units, K-split); gate and up partials side by side -------------
     r = inv_rms(1, o_p, plan.so)
@@ -211,7 +215,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
       gu_p[s, :, pl.ds(2 * t * bn, bn)] = g
       gu_p[s, :, pl.ds(2 * t * bn + bn, bn)] = u
       return c
-    tick = barrier(l * STAGES + 3, items(F // bn * plan.sg, mlp_item, tick))
+    tick = barrier(l * STAGES + 3, items(F // bn * plan.sg, mlp_item, tick, "mlp"))
 
     # -- down: (column tile, K-split over blocks of bn units); SwiGLU of the summed partials -
     kd = F // bn // plan.sd
@@ -227,7 +231,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
         return a + dot(x, wdown[l, pl.ds(ub * bn, bn), cols])
       d_p[s, :, cols] = jax.lax.fori_loop(0, kd, step, jnp.zeros((ROWS, bn), f32))
       return c
-    return barrier(l * STAGES + 4, items(D // bn * plan.sd, down_item, tick))
+    return barrier(l * STAGES + 4, items(D // bn * plan.sd, down_item, tick, "down"))
 
   tick = jax.lax.fori_loop(0, cfg.num_layers, layer, jnp.zeros((), f32))
 
@@ -241,4 +245,4 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
     logits_ref[:, pl.ds(t * bn, bn)] = jax.lax.fori_loop(
         0, D // bk, step, jnp.zeros((ROWS, bn), f32)) + c
     return c
-  items(V // bn, lm_item, tick)
+  items(V // bn, lm_item, tick, "lm")
