@@ -142,26 +142,29 @@ def decode_step(mp: dict, cfg: Qwen2Config, h, positions, k_cache, v_cache, end,
   inv = rope.inv_freq(Dh, cfg.rope_theta)
   kc, vc = k_cache.reshape(L, B, S, K * Dh), v_cache.reshape(L, B, S, K * Dh)
   f32, sds, NH = jnp.float32, jax.ShapeDtypeStruct, H + 2 * K
-  hb = jnp.zeros((2, ROWS, D), f32).at[0, :B].set(h.astype(f32))
-  # Head-indexed buffers carry ROWS spare heads: a group's 16-row tile starting at any head
-  # stays in bounds (its rows past the group are masked).
+  # Every buffer a stage writes has a layer index: no address is written twice in a step, so
+  # plain loads (cached in the SM's L1, which is not coherent across SMs) never see a stale
+  # line, and the loops' loads can be software-pipelined. Head-indexed buffers carry ROWS
+  # spare heads: a group's 16-row tile starting at any head stays in bounds (its extra rows
+  # are masked).
   bias = jnp.pad(mp["qkv_bias"], ((0, 0), (0, ROWS), (0, 0)))
-  out_shape = (sds(hb.shape, f32), sds(kc.shape, kc.dtype), sds(vc.shape, vc.dtype),
-               sds((pn.sd, ROWS, D), f32), sds((1,), f32),
-               sds((pn.sq, ROWS, NH + ROWS, Dh), f32),                       # q/k/v partials
-               sds((pn.sa, ROWS, H + ROWS, Dh), f32),                        # attention acc
-               sds((pn.sa, ROWS, H + ROWS), f32), sds((pn.sa, ROWS, H + ROWS), f32),   # m, l
-               sds((pn.so, ROWS, D), f32), sds((pn.sg, ROWS, 2 * F), f32),   # o, gate/up
-               sds((ROWS, V), f32))
+  out_shape = (sds(kc.shape, kc.dtype), sds(vc.shape, vc.dtype), sds((1,), f32),
+               sds((L + 1, ROWS, D), f32), sds((L, ROWS, D), f32),         # a, xs: residuals
+               sds((L + 1, pn.sd, ROWS, D), f32),                           # down partials
+               sds((L, pn.sq, ROWS, NH + ROWS, Dh), f32),                   # q/k/v partials
+               sds((L, pn.sa, ROWS, H + ROWS, Dh), f32),                    # attention acc
+               sds((L, pn.sa, ROWS, H + ROWS), f32), sds((L, pn.sa, ROWS, H + ROWS), f32),
+               sds((L, pn.so, ROWS, D), f32), sds((L, pn.sg, ROWS, 2 * F), f32),   # o, gate/up
+               sds((ROWS, D), f32), sds((ROWS, V), f32))                    # final x, logits
   outs = pl.pallas_call(
       functools.partial(stages.kernel, cfg=cfg, batch=B, plan=pn, bn=bn, bk=bk,
                         bkv=min(BLOCK_KEYS, S), skip=frozenset(skip)),
       grid=(programs,), out_shape=out_shape,
-      input_output_aliases={0: 0, 11: 1, 12: 2, 13: 3, 14: 4},
+      input_output_aliases={11: 0, 12: 1, 13: 2},
       compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       interpret=interpret)(
-          hb, pad(positions.astype(jnp.int32)), pad(end.astype(jnp.int32)), inv,
+          pad(h.astype(f32)), pad(positions.astype(jnp.int32)), pad(end.astype(jnp.int32)), inv,
           mp["qkv"], bias, mp["o"], mp["gate_up"], mp["down"], mp["final_norm"], mp["lm"],
-          kc, vc, jnp.zeros((pn.sd, ROWS, D), f32), jnp.zeros((1,), f32))
-  kc, vc, logits = outs[1], outs[2], outs[-1]
+          kc, vc, jnp.zeros((1,), f32))
+  kc, vc, logits = outs[0], outs[1], outs[-1]
   return logits[:B], kc.reshape(k_cache.shape), vc.reshape(v_cache.shape)

@@ -26,7 +26,8 @@ def _i(v: int):
 def grid_barrier(cnt, k, programs, value):
   """The k-th grid-wide barrier of `programs` programs (all resident): each adds 1 to the
   counter cnt [1] and spins until it reads (k + 1) * programs. Returns `value`, passed through
-  the spin's result. Why so: this jax's Triton lowering adds with `fadd` whatever the dtype
+  the spin's result (callers index their next loads with it, so that no load is hoisted above
+  the spin). Why so: this jax's Triton lowering adds with `fadd` whatever the dtype
   (an int32 counter stayed 0 on an H200), so the counter is float32 (exact to 2^24 arrivals);
   and a spin whose result is unused is dropped as dead code before Triton."""
   from jax.experimental.pallas import triton as plgpu
@@ -35,52 +36,55 @@ def grid_barrier(cnt, k, programs, value):
   v = jax.lax.while_loop(lambda v: v < target,
                          lambda v: plgpu.load(cnt.at[pl.ds(0, 1)], volatile=True)[0],
                          jnp.float32(0))
-  return jnp.where(v >= target, value, 0)
+  return value + v * 0.0          # = value, but not foldable: it depends on the spin's loads
 
 
-def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, wlm, kc_in,
-           vc_in, dp_in, cnt_in, hb, kc, vc, d_p, cnt, qkv_p, att_acc, att_m, att_l, o_p, gu_p,
+def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, wlm, kc_in, vc_in,
+           cnt_in, kc, vc, cnt, a, xs, dp, qkv_p, att_acc, att_m, att_l, o_p, gu_p, fin,
            logits_ref, *, cfg, batch: int, plan, bn: int, bk: int, bkv: int,
            skip: frozenset = frozenset()):
   """Refs as decode_megakernel.decode_step passes them (the *_in ones alias outputs). skip:
-  stage names ("qkv", "attn", "o", "mlp", "down", "lm") whose items are not run (timing only)."""
+  stage names ("qkv", "attn", "o", "mlp", "down", "lm") whose items are not run (timing only).
+
+  The residual stream: a[l] + Σ dp[l] is layer l's input (a[0] = h, dp[0] = 0, set in the
+  prologue); the q/k/v stage publishes it into xs[l]; xs[l] + Σ o_p[l] is the attention block's
+  output, which the gate/up stage publishes into a[l + 1]; layer l's down partials are dp[l + 1].
+  """
   from jax.experimental.pallas import triton as plgpu
-  del hb_in, kc_in, vc_in, dp_in, cnt_in
+  del kc_in, vc_in, cnt_in
   H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
   G, half, eps = H // K, Dh // 2, cfg.rms_norm_eps
-  D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+  D, F, V, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
   S, P, bq = kc.shape[2], pl.num_programs(0), plan.bq      # P: the grid (plan may be larger)
   wdt = wqkv.dtype
   f32 = jnp.float32
   pid = pl.program_id(0)
-  dot = lambda a, b: jnp.dot(a, b, preferred_element_type=f32)
+  dot = lambda a_, b_: jnp.dot(a_, b_, preferred_element_type=f32)
   live_rows = (jnp.arange(ROWS) < batch)[:, None]
+  rows_mask = lambda w: jnp.broadcast_to(live_rows, (ROWS, w))
 
-  def act(ref, w, other=0.0):                # [16, w] of the batch's rows, fresh from L2
-    return plgpu.load(ref, mask=jnp.broadcast_to(live_rows, (ROWS, w)), other=other,
-                      volatile=True)
+  def act(view, w, other=0.0):               # [16, w] of the batch's rows (masked: no traffic)
+    return plgpu.load(view, mask=rows_mask(w), other=other)
 
-  def psum(parts, n, lo, w):                 # Σ of n partials [n, 16, :] at columns lo:lo+w
-    x = act(parts.at[_i(0), :, pl.ds(lo, w)], w)
-    for s in range(1, n):
-      x = x + act(parts.at[_i(s), :, pl.ds(lo, w)], w)
+  def put(view, x):                          # store the batch's rows of a [16, w] tile
+    plgpu.store(view, x, mask=rows_mask(x.shape[1]))
+
+  def resid(base, bi, parts, pi, n, lo, w):  # base[bi][:, lo:lo+w] + Σ_s parts[pi, s][:, lo:lo+w]
+    x = act(base.at[bi, :, pl.ds(lo, w)], w)
+    for s in range(n):
+      x = x + act(parts.at[pi, _i(s), :, pl.ds(lo, w)], w)
     return x
 
-  def resid(slot, parts, n, lo, w):          # hb[slot][:, lo:lo+w] + its n partials
-    return act(hb.at[_i(slot), :, pl.ds(lo, w)], w) + psum(parts, n, lo, w)
-
-  def inv_rms(slot, parts, n):               # [16, 1]
-    ss = jax.lax.fori_loop(0, D // bk, lambda i, s: s + jnp.sum(
-        jnp.square(resid(slot, parts, n, i * bk, bk)), axis=1), jnp.zeros((ROWS,), f32))
+  def inv_rms(*src):                         # [16, 1]; unrolled: every block's loads in flight
+    ss = jnp.zeros((ROWS,), f32)
+    for i in range(D // bk):
+      ss = ss + jnp.sum(jnp.square(resid(*src, i * bk, bk)), axis=1)
     return jax.lax.rsqrt(ss / D + eps)[:, None]
 
-  def publish(slot, parts, n, dst: int):     # program 0 stores the summed residual in hb[dst]
-    @pl.when(pid == 0)
-    def _():
-      def blk(i, c):
-        hb[_i(dst), :, pl.ds(i * bk, bk)] = resid(slot, parts, n, i * bk, bk)
-        return c
-      jax.lax.fori_loop(0, D // bk, blk, 0)
+  def blocks(body):                          # body(i) for the D // bk column blocks, grid-strided
+    n = D // bk
+    jax.lax.fori_loop(0, jnp.maximum(n - pid + P - 1, 0) // P,
+                      lambda i, c: (body(pid + i * P), c)[1], 0)
 
   def items(n, body, carry, name):           # body(item, carry) for items pid, pid + P, ...
     if name in skip:
@@ -88,27 +92,46 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
     count = jnp.maximum(n - pid + P - 1, 0) // P
     return jax.lax.fori_loop(0, count, lambda i, c: body(pid + i * P, c), carry)
 
-  barrier = lambda k, tick: grid_barrier(cnt, k, P, tick)
+  def barrier(k, tick):
+    """Waits for all programs; the returned 0 depends on the spin's loads, and later indices
+    add it so that no load after the barrier can be scheduled before it."""
+    t = grid_barrier(cnt, k, P, tick)
+    return t, t.astype(jnp.int32)
 
-  def layer(l, tick):
+  # -- prologue: a[0] = h, dp[0] = 0 -------------------------------------------------------
+  def init(i):
+    lo = pl.ds(i * bk, bk)
+    put(a.at[_i(0), :, lo], act(h_in.at[:, lo], bk))
+    for s in range(plan.sd):
+      put(dp.at[_i(0), _i(s), :, lo], jnp.zeros((ROWS, bk), f32))
+  blocks(init)
+  tick, z = barrier(0, jnp.zeros((), f32))
+
+  def layer(l, tz):
+    tick, z = tz
+    base = 1 + l * STAGES
     # -- q/k/v: (tile of bq columns inside a head, K-split) --------------------------------
-    r = inv_rms(0, d_p, plan.sd)
-    publish(0, d_p, plan.sd, 1)
+    lz = l + z
+    src = (a, lz, dp, lz, plan.sd)
+    r = inv_rms(*src)
+    blocks(lambda i: put(xs.at[lz, :, pl.ds(i * bk, bk)], resid(*src, i * bk, bk)))
     kq = D // bk // plan.sq
 
     def qkv_item(it, c):
       t, s = it // plan.sq, it % plan.sq
       head, off = (t * bq) // Dh, (t * bq) % Dh
-      def step(i, a):
+      def step(i, acc):
         lo = (s * kq + i) * bk
-        x = (resid(0, d_p, plan.sd, lo, bk) * r).astype(wdt)
-        return a + dot(x, wqkv[l, pl.ds(lo, bk), head, pl.ds(off, bq)])
-      qkv_p[s, :, head, pl.ds(off, bq)] = jax.lax.fori_loop(0, kq, step,
-                                                            jnp.zeros((ROWS, bq), f32))
+        x = (resid(*src, lo, bk) * r).astype(wdt)
+        return acc + dot(x, wqkv[lz, pl.ds(lo, bk), head, pl.ds(off, bq)])
+      put(qkv_p.at[lz, s, :, head, pl.ds(off, bq)],
+          jax.lax.fori_loop(0, kq, step, jnp.zeros((ROWS, bq), f32)))
       return c
-    tick = barrier(l * STAGES, items((H + 2 * K) * Dh // bq * plan.sq, qkv_item, tick, "qkv"))
+    tick, z = barrier(base, items((H + 2 * K) * Dh // bq * plan.sq, qkv_item, tick, "qkv"))
 
     # -- attention: (row, kv head, key split) -> flash-decoding partials ----------------------
+    lz = l + z
+
     def attn_item(it, c):
       b, j, cs = it // (K * plan.sa), (it // plan.sa) % K, it % plan.sa
       pos, e = pos_ref[b], end_ref[b]
@@ -118,10 +141,9 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
 
       def heads(first, n_rows, lo, w, mask):   # Σ partials + bias of n_rows heads from `first`
         kw = {} if mask is None else {"mask": mask, "other": 0.0}
-        x = plgpu.load(bqkv.at[l, pl.ds(first, n_rows), pl.ds(lo, w)], **kw)
+        x = plgpu.load(bqkv.at[lz, pl.ds(first, n_rows), pl.ds(lo, w)], **kw)
         for s in range(plan.sq):
-          x = x + plgpu.load(qkv_p.at[_i(s), b, pl.ds(first, n_rows), pl.ds(lo, w)], volatile=True,
-                             **kw)
+          x = x + plgpu.load(qkv_p.at[lz, _i(s), b, pl.ds(first, n_rows), pl.ds(lo, w)], **kw)
         return x
       qa, qb = heads(j * G, ROWS, 0, half, live_q), heads(j * G, ROWS, half, half, live_q)
       scale = Dh ** -0.5
@@ -133,9 +155,9 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
 
       @pl.when(first & (e < S))
       def _():                                 # split 0 stores the new token (past S: dropped)
-        kc[l, b, pl.ds(e, 1), pl.ds(j * Dh, half)] = ka.astype(kc.dtype)
-        kc[l, b, pl.ds(e, 1), pl.ds(j * Dh + half, half)] = kb.astype(kc.dtype)
-        vc[l, b, pl.ds(e, 1), pl.ds(j * Dh, Dh)] = vn.astype(vc.dtype)
+        kc[lz, b, pl.ds(e, 1), pl.ds(j * Dh, half)] = ka.astype(kc.dtype)
+        kc[lz, b, pl.ds(e, 1), pl.ds(j * Dh + half, half)] = kb.astype(kc.dtype)
+        vc[lz, b, pl.ds(e, 1), pl.ds(j * Dh, Dh)] = vn.astype(vc.dtype)
 
       # Split 0 starts from the new token (registers); the others from the neutral state.
       # (Arithmetic on a 0/1 float: Triton's select does not broadcast a scalar predicate.)
@@ -153,7 +175,7 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
         m, lsum, acc = carry
         slot0 = (lo_blk + i) * bkv
         live = slot0 + jnp.arange(bkv) < n
-        ld = lambda ref, lo, w: plgpu.load(ref.at[l, b, pl.ds(slot0, bkv), pl.ds(lo, w)],
+        ld = lambda ref, lo, w: plgpu.load(ref.at[lz, b, pl.ds(slot0, bkv), pl.ds(lo, w)],
                                            mask=jnp.broadcast_to(live[:, None], (bkv, w)),
                                            other=0.0).astype(f32)
         s = dot(qa, ld(kc, j * Dh, half).T) + dot(qb, ld(kc, j * Dh + half, half).T)
@@ -166,83 +188,94 @@ def kernel(hb_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, 
 
       m, lsum, acc = jax.lax.fori_loop(0, steps, kv_block, (m, lsum, acc))
       rows = jnp.arange(ROWS) < G
-      plgpu.store(att_acc.at[cs, b, pl.ds(j * G, ROWS), :], acc,
+      plgpu.store(att_acc.at[lz, cs, b, pl.ds(j * G, ROWS), :], acc,
                   mask=jnp.broadcast_to(rows[:, None], (ROWS, Dh)))
-      plgpu.store(att_m.at[cs, b, pl.ds(j * G, ROWS)], m, mask=rows)
-      plgpu.store(att_l.at[cs, b, pl.ds(j * G, ROWS)], lsum, mask=rows)
+      plgpu.store(att_m.at[lz, cs, b, pl.ds(j * G, ROWS)], m, mask=rows)
+      plgpu.store(att_l.at[lz, cs, b, pl.ds(j * G, ROWS)], lsum, mask=rows)
       return c
-    tick = barrier(l * STAGES + 1, items(batch * K * plan.sa, attn_item, tick, "attn"))
+    tick, z = barrier(base + 1, items(batch * K * plan.sa, attn_item, tick, "attn"))
 
     # -- o: (column tile, head group); merges the key splits of each of its heads ------------
+    lz = l + z
     hs = H // plan.so
 
     def o_item(it, c):
       t, s = it // plan.so, it % plan.so
       cols = pl.ds(t * bn, bn)
 
-      def head(i, a):
+      def head(i, acc):
         hd = s * hs + i
-        def merge(cs, mla):
-          m0, l0, a0 = mla
-          m1 = act(att_m.at[cs, :, pl.ds(hd, 1)], 1, -1e30)                        # [16, 1]
-          mn = jnp.maximum(m0, m1)
-          w0, w1 = jnp.exp(m0 - mn), jnp.exp(m1 - mn)
-          return (mn, l0 * w0 + act(att_l.at[cs, :, pl.ds(hd, 1)], 1) * w1,
-                  a0 * w0 + act(att_acc.at[cs, :, hd, :], Dh) * w1)
-        z1 = jnp.zeros((ROWS, 1), f32)
-        _, lsum, out = jax.lax.fori_loop(0, plan.sa, merge,
-                                         (z1 - 1e30, z1, jnp.zeros((ROWS, Dh), f32)))
+        mn = jnp.full((ROWS, 1), -1e30, f32)   # unrolled over the key splits: loads in flight
+        ms = [act(att_m.at[lz, _i(cs), :, pl.ds(hd, 1)], 1, -1e30) for cs in range(plan.sa)]
+        for m1 in ms:
+          mn = jnp.maximum(mn, m1)
+        lsum, out = jnp.zeros((ROWS, 1), f32), jnp.zeros((ROWS, Dh), f32)
+        for cs in range(plan.sa):
+          w1 = jnp.exp(ms[cs] - mn)
+          lsum = lsum + act(att_l.at[lz, _i(cs), :, pl.ds(hd, 1)], 1) * w1
+          out = out + act(att_acc.at[lz, _i(cs), :, hd, :], Dh) * w1
         x = (out / jnp.where(lsum > 0, lsum, 1.0)).astype(wdt)
-        return a + dot(x, wo[l, pl.ds(hd * Dh, Dh), cols])
-      o_p[s, :, cols] = jax.lax.fori_loop(0, hs, head, jnp.zeros((ROWS, bn), f32))
+        return acc + dot(x, wo[lz, pl.ds(hd * Dh, Dh), cols])
+      put(o_p.at[lz, s, :, cols], jax.lax.fori_loop(0, hs, head, jnp.zeros((ROWS, bn), f32)))
       return c
-    tick = barrier(l * STAGES + 2, items(D // bn * plan.so, o_item, tick, "o"))
+    tick, z = barrier(base + 2, items(D // bn * plan.so, o_item, tick, "o"))
 
     # -- gate/up: (block of bn units, K-split); gate and up partials side by side -------------
-    r = inv_rms(1, o_p, plan.so)
-    publish(1, o_p, plan.so, 0)
+    lz = l + z
+    src = (xs, lz, o_p, lz, plan.so)
+    r = inv_rms(*src)
+    blocks(lambda i: put(a.at[lz + 1, :, pl.ds(i * bk, bk)], resid(*src, i * bk, bk)))
     kg = D // bk // plan.sg
 
     def mlp_item(it, c):
       t, s = it // plan.sg, it % plan.sg
       def step(i, gu):
         lo = (s * kg + i) * bk
-        x = (resid(1, o_p, plan.so, lo, bk) * r).astype(wdt)
-        return (gu[0] + dot(x, wgu[l, pl.ds(lo, bk), pl.ds(2 * t * bn, bn)]),
-                gu[1] + dot(x, wgu[l, pl.ds(lo, bk), pl.ds(2 * t * bn + bn, bn)]))
-      z = jnp.zeros((ROWS, bn), f32)
-      g, u = jax.lax.fori_loop(0, kg, step, (z, z))
-      gu_p[s, :, pl.ds(2 * t * bn, bn)] = g
-      gu_p[s, :, pl.ds(2 * t * bn + bn, bn)] = u
+        x = (resid(*src, lo, bk) * r).astype(wdt)
+        return (gu[0] + dot(x, wgu[lz, pl.ds(lo, bk), pl.ds(2 * t * bn, bn)]),
+                gu[1] + dot(x, wgu[lz, pl.ds(lo, bk), pl.ds(2 * t * bn + bn, bn)]))
+      zero = jnp.zeros((ROWS, bn), f32)
+      g, u = jax.lax.fori_loop(0, kg, step, (zero, zero))
+      put(gu_p.at[lz, s, :, pl.ds(2 * t * bn, bn)], g)
+      put(gu_p.at[lz, s, :, pl.ds(2 * t * bn + bn, bn)], u)
       return c
-    tick = barrier(l * STAGES + 3, items(F // bn * plan.sg, mlp_item, tick, "mlp"))
+    tick, z = barrier(base + 3, items(F // bn * plan.sg, mlp_item, tick, "mlp"))
 
     # -- down: (column tile, K-split over blocks of bn units); SwiGLU of the summed partials -
+    lz = l + z
     kd = F // bn // plan.sd
 
     def down_item(it, c):
       t, s = it // plan.sd, it % plan.sd
       cols = pl.ds(t * bn, bn)
-      def step(i, a):
+      def step(i, acc):
         ub = s * kd + i
-        g = psum(gu_p, plan.sg, 2 * ub * bn, bn)
-        u = psum(gu_p, plan.sg, 2 * ub * bn + bn, bn)
+        g = act(gu_p.at[lz, _i(0), :, pl.ds(2 * ub * bn, bn)], bn)
+        u = act(gu_p.at[lz, _i(0), :, pl.ds(2 * ub * bn + bn, bn)], bn)
+        for s2 in range(1, plan.sg):
+          g = g + act(gu_p.at[lz, _i(s2), :, pl.ds(2 * ub * bn, bn)], bn)
+          u = u + act(gu_p.at[lz, _i(s2), :, pl.ds(2 * ub * bn + bn, bn)], bn)
         x = (g / (1.0 + jnp.exp(-g)) * u).astype(wdt)
-        return a + dot(x, wdown[l, pl.ds(ub * bn, bn), cols])
-      d_p[s, :, cols] = jax.lax.fori_loop(0, kd, step, jnp.zeros((ROWS, bn), f32))
+        return acc + dot(x, wdown[lz, pl.ds(ub * bn, bn), cols])
+      put(dp.at[lz + 1, s, :, cols], jax.lax.fori_loop(0, kd, step, jnp.zeros((ROWS, bn), f32)))
       return c
-    return barrier(l * STAGES + 4, items(D // bn * plan.sd, down_item, tick, "down"))
+    return barrier(base + 4, items(D // bn * plan.sd, down_item, tick, "down"))
 
-  tick = jax.lax.fori_loop(0, cfg.num_layers, layer, jnp.zeros((), f32))
+  tick, z = jax.lax.fori_loop(0, L, layer, (tick, z))
 
-  # -- final norm + LM head over vocabulary tiles (lm [V, D]) ---------------------------------
-  r = inv_rms(0, d_p, plan.sd)
+  # -- final norm (published once) + LM head over vocabulary tiles (lm [V, D]) ---------------
+  lz = L + z
+  src = (a, lz, dp, lz, plan.sd)
+  r = inv_rms(*src)
+  blocks(lambda i: put(fin.at[:, pl.ds(i * bk, bk)],
+                       resid(*src, i * bk, bk) * r * fnorm[pl.ds(i * bk, bk)][None, :]))
+  tick, z = barrier(1 + L * STAGES, tick)
 
   def lm_item(t, c):
-    def step(i, a):
-      x = resid(0, d_p, plan.sd, i * bk, bk) * r * fnorm[pl.ds(i * bk, bk)][None, :]
-      return a + dot(x.astype(wdt), wlm[pl.ds(t * bn, bn), pl.ds(i * bk, bk)].T)
-    logits_ref[:, pl.ds(t * bn, bn)] = jax.lax.fori_loop(
-        0, D // bk, step, jnp.zeros((ROWS, bn), f32)) + c
+    def step(i, acc):
+      x = act(fin.at[:, pl.ds((i + z) * bk, bk)], bk).astype(wdt)
+      return acc + dot(x, wlm[pl.ds(t * bn, bn), pl.ds(i * bk, bk)].T)
+    put(logits_ref.at[:, pl.ds(t * bn, bn)],
+        jax.lax.fori_loop(0, D // bk, step, jnp.zeros((ROWS, bn), f32)) + c)
     return c
   items(V // bn, lm_item, tick, "lm")
