@@ -34,7 +34,7 @@ flags.DEFINE_integer("steps", 64, "decode steps a timed call")
 flags.DEFINE_integer("programs", 132, "the kernel's resident programs (<= SMs)")
 flags.DEFINE_integer("repeats", 3, "timed calls (best reported)")
 flags.DEFINE_float("bandwidth_tbs", 4.27, "copy roofline (TB/s; H200 measured, RESULTS.md)")
-flags.DEFINE_list("variants", ["w8s3"], "kernel variants: w<warps>s<stages>[-stage+stage]")
+flags.DEFINE_list("variants", ["w8s2"], "kernel variants: w<warps>s<stages>[-stage+stage]")
 flags.DEFINE_bool("xla", True, "also time XLA's step (the reference)")
 flags.DEFINE_string("platform", "", "force a JAX platform (cpu for smoke tests)")
 FLAGS = flags.FLAGS

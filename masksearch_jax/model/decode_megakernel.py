@@ -119,7 +119,7 @@ def plan(cfg: Qwen2Config, batch: int, slots: int, programs: int) -> Plan:
                                              "num_warps", "num_stages", "skip"))
 def decode_step(mp: dict, cfg: Qwen2Config, h, positions, k_cache, v_cache, end, *,
                 programs: int, plan_programs: int | None = None, interpret: bool = False,
-                num_warps: int = 8, num_stages: int = 3, skip: tuple[str, ...] = ()):
+                num_warps: int = 8, num_stages: int = 2, skip: tuple[str, ...] = ()):
   """One token per row through the whole model in one kernel.
 
   mp: layout(...). h [B, D]: the tokens' embeddings; positions / end [B] int32 (RoPE position,
