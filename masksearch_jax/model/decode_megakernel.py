@@ -56,27 +56,34 @@ def supported(cfg: Qwen2Config, batch: int, slots: int) -> bool:
           and (cfg.num_heads * dh) % bn == 0 and slots % min(BLOCK_KEYS, slots) == 0)
 
 
+def _tile_major(w, cols: int):
+  """[L, K, N] -> [L, N / cols, K, cols]: each tile's weights one contiguous run, so that a
+  program streams whole DRAM pages (a [K, N] tile strides a page per row)."""
+  L, K, N = w.shape
+  return w.reshape(L, K, N // cols, cols).transpose(0, 2, 1, 3)
+
+
 def layout(params, cfg: Qwen2Config, dtype) -> dict:
-  """The stacked [L, ...] weights the kernel indexes by layer (from the stacked param tree):
-  qkv [L, D, NH, Dh] with the input-norm gain folded in (NH = H + 2K), qkv_bias [L, NH, Dh] f32,
-  o [L, H * Dh, D], gate_up [L, D, 2F] with the post-norm gain folded in and gate / up columns
-  interleaved per BLOCK_N units, down [L, F, D], final_norm [D] f32, lm [V, D]."""
+  """The stacked weights the kernel indexes by layer, tile-major (`_tile_major`; NH = H + 2K):
+  qkv [L, NH * Dh / bq, D, bq] with the input-norm gain folded in, qkv_bias [L, NH, Dh] f32,
+  o [L, D / bn, H * Dh, bn], gate_up [L, F / bn, D, 2 bn] (a block's gate then up columns) with
+  the post-norm gain folded in, down [L, D / bn, F, bn], final_norm [D] f32, lm [V, D]."""
   f32 = lambda x: x.astype(jnp.float32)
   ly = params["layers"]
   L, D = ly["q"].shape[:2]
-  F = ly["gate"].shape[-1]
   bn, _ = _tiles(cfg)
+  bq = min(bn, cfg.dim_per_head)
   qkv = jnp.concatenate([f32(ly[k]) for k in ("q", "k", "v")], axis=2)          # [L, D, NH, Dh]
-  qkv = qkv * f32(ly["input_norm"])[:, :, None, None]
+  qkv = (qkv * f32(ly["input_norm"])[:, :, None, None]).reshape(L, D, -1)
   bias = jnp.concatenate([f32(ly[k]) for k in ("q_bias", "k_bias", "v_bias")], axis=1)
-  g, u = (f32(ly[k]).reshape(L, D, F // bn, bn) for k in ("gate", "up"))
-  gate_up = jnp.stack([g, u], axis=3).reshape(L, D, 2 * F) * f32(ly["post_norm"])[:, :, None]
+  post = f32(ly["post_norm"])[:, :, None]
+  gate_up = jnp.concatenate([_tile_major(f32(ly[k]) * post, bn) for k in ("gate", "up")], -1)
   lm = params["embed"] if cfg.tie_embeddings else params["lm_head"].T
   c = lambda x: x.astype(dtype)
-  return {"qkv": c(qkv), "qkv_bias": bias, "o": c(ly["o"].reshape(L, -1, D)),
-          "gate_up": c(gate_up), "down": c(ly["down"]), "final_norm": f32(params["final_norm"]),
+  return {"qkv": c(_tile_major(qkv, bq)), "qkv_bias": bias,
+          "o": c(_tile_major(ly["o"].reshape(L, -1, D), bn)), "gate_up": c(gate_up),
+          "down": c(_tile_major(ly["down"], bn)), "final_norm": f32(params["final_norm"]),
           "lm": c(lm)}
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,7 +123,7 @@ def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, w
       def step(i, acc):
         lo = (s * kq + i) * bk
         x = (resid(*src, lo, bk) * r).astype(wdt)
-        return acc + dot(x, wqkv[lz, pl.ds(lo, bk), head, pl.ds(off, bq)])
+        return acc + dot(x, wqkv[lz, t, pl.ds(lo, bk), :])
       put(qkv_p.at[lz, s, :, head, pl.ds(off, bq)],
           jax.lax.fori_loop(0, kq, step, jnp.zeros((ROWS, bq), f32)))
       return c
@@ -215,7 +215,7 @@ def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, w
           lsum = lsum + act(att_l.at[lz, _i(cs), :, pl.ds(hd, 1)], 1) * w1
           out = out + act(att_acc.at[lz, _i(cs), :, hd, :], Dh) * w1
         x = (out / jnp.where(lsum > 0, lsum, 1.0)).astype(wdt)
-        return acc + dot(x, wo[lz, pl.ds(hd * Dh, Dh), cols])
+        return acc + dot(x, wo[lz, t, pl.ds(hd * Dh, Dh), :])
       put(o_p.at[lz, s, :, cols], jax.lax.fori_loop(0, hs, head, jnp.zeros((ROWS, bn), f32)))
       return c
     tick, z = barrier(base + 2, items(D // bn * plan.so, o_item, tick, "o"))
@@ -232,8 +232,8 @@ def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, w
       def step(i, gu):
         lo = (s * kg + i) * bk
         x = (resid(*src, lo, bk) * r).astype(wdt)
-        return (gu[0] + dot(x, wgu[lz, pl.ds(lo, bk), pl.ds(2 * t * bn, bn)]),
-                gu[1] + dot(x, wgu[lz, pl.ds(lo, bk), pl.ds(2 * t * bn + bn, bn)]))
+        return (gu[0] + dot(x, wgu[lz, t, pl.ds(lo, bk), pl.ds(0, bn)]),
+                gu[1] + dot(x, wgu[lz, t, pl.ds(lo, bk), pl.ds(bn, bn)]))
       zero = jnp.zeros((ROWS, bn), f32)
       g, u = jax.lax.fori_loop(0, kg, step, (zero, zero))
       put(gu_p.at[lz, s, :, pl.ds(2 * t * bn, bn)], g)
@@ -256,7 +256,7 @@ def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, w
           g = g + act(gu_p.at[lz, _i(s2), :, pl.ds(2 * ub * bn, bn)], bn)
           u = u + act(gu_p.at[lz, _i(s2), :, pl.ds(2 * ub * bn + bn, bn)], bn)
         x = (g / (1.0 + jnp.exp(-g)) * u).astype(wdt)
-        return acc + dot(x, wdown[lz, pl.ds(ub * bn, bn), cols])
+        return acc + dot(x, wdown[lz, t, pl.ds(ub * bn, bn), :])
       put(dp.at[lz + 1, s, :, cols], jax.lax.fori_loop(0, kd, step, jnp.zeros((ROWS, bn), f32)))
       return c
     return barrier(base + 4, items(D // bn * plan.sd, down_item, tick, "down"))
