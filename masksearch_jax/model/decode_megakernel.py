@@ -5,9 +5,10 @@ Why: a decode step at few rows is ~12 dependent kernels a layer, each paying a f
 cost; one persistent launch streams the same weights at the copy rate (4.25 TB/s for the 1.5B's
 layer weights, 0.834 ms with a barrier after each of their 112 stages on an H200;
 benchmarks/grid_barrier.py, docs/decode_megakernel.md). Status: equal to `qwen2.apply`'s decode
-step on CPU (interpret mode, one program running a 132-program work split) and lowers for CUDA
-as one kernel; not yet timed on a GPU, not used by the sampler (opt-in; next: the measurement,
-benchmarks/decode_megakernel.py).
+step on CPU (interpret mode, one program running a 132-program work split), lowers for CUDA as
+one kernel, and gives XLA's argmax on an H200 — but takes 4.39 ms a 1.5B step at 2 rows against
+XLA's 1.41 ms (benchmarks/RESULTS.md, session 26): its stages are latency-bound. Not used by
+the sampler.
 
 Stages a layer (model/megakernel_stages.py), each a set of work items handed out with a grid
 stride and ended by a barrier; `plan` picks the K-splits that fill the programs:
