@@ -71,11 +71,14 @@ def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, w
   def put(view, x):                          # store the batch's rows of a [16, w] tile
     plgpu.store(view, x, mask=rows_mask(x.shape[1]))
 
-  def resid(base, bi, parts, pi, n, lo, w):  # base[bi][:, lo:lo+w] + Σ_s parts[pi, s][:, lo:lo+w]
-    x = act(base.at[bi, :, pl.ds(lo, w)], w)
-    for s in range(n):
+  def psum(parts, pi, n, lo, w):             # Σ_s parts[pi, s][:, lo:lo+w], in a fixed order
+    x = act(parts.at[pi, _i(0), :, pl.ds(lo, w)], w)
+    for s in range(1, n):
       x = x + act(parts.at[pi, _i(s), :, pl.ds(lo, w)], w)
     return x
+
+  def resid(base, bi, parts, pi, n, lo, w):  # base[bi][:, lo:lo+w] + its n partials
+    return act(base.at[bi, :, pl.ds(lo, w)], w) + psum(parts, pi, n, lo, w)
 
   def inv_rms(*src):                         # [16, 1]; unrolled: every block's loads in flight
     ss = jnp.zeros((ROWS,), f32)
@@ -252,11 +255,8 @@ def kernel(h_in, pos_ref, end_ref, inv_ref, wqkv, bqkv, wo, wgu, wdown, fnorm, w
       cols = pl.ds(t * bn, bn)
       def step(i, acc):
         ub = s * kd + i
-        g = act(gu_p.at[lz, _i(0), :, pl.ds(2 * ub * bn, bn)], bn)
-        u = act(gu_p.at[lz, _i(0), :, pl.ds(2 * ub * bn + bn, bn)], bn)
-        for s2 in range(1, plan.sg):
-          g = g + act(gu_p.at[lz, _i(s2), :, pl.ds(2 * ub * bn, bn)], bn)
-          u = u + act(gu_p.at[lz, _i(s2), :, pl.ds(2 * ub * bn + bn, bn)], bn)
+        g = psum(gu_p, lz, plan.sg, 2 * ub * bn, bn)
+        u = psum(gu_p, lz, plan.sg, 2 * ub * bn + bn, bn)
         x = (g / (1.0 + jnp.exp(-g)) * u).astype(wdt)
         return acc + dot(x, wdown[lz, t, pl.ds(ub * bn, bn), :])
       put(dp.at[lz + 1, s, :, cols], jax.lax.fori_loop(0, kd, step, jnp.zeros((ROWS, bn), f32)))
